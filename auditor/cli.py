@@ -1,0 +1,106 @@
+"""The `auditor` command: parses, calls, prints. No logic lives here.
+
+Exit codes: 0 pass, 1 violations, 2 inconclusive or unverified only, 3 and up errors of use.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import click
+import typer
+from rich.console import Console
+
+from auditor.errors import AuditorError
+
+app = typer.Typer(
+    name="auditor",
+    help="Boundary Auditor: proves what leaves a Gretel Hybrid cluster is only metadata, to allowed endpoints.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+rules_app = typer.Typer(help="Rule packs: validate, show, explain.", no_args_is_help=True)
+app.add_typer(rules_app, name="rules")
+
+console = Console()
+err = Console(stderr=True)
+
+StoreOpt = Annotated[str, typer.Option("--store", "-s", help="Evidence store: a SQLite file path or a postgresql:// URL.")]
+
+
+@app.command()
+def ingest(
+    events_file: Annotated[Path, typer.Argument(help="JSON lines, one EgressEvent per line.")],
+    store: StoreOpt,
+) -> None:
+    """Append events from a JSONL file to the store; every bad line is reported, none stops the rest."""
+    from auditor.ingest import ingest_jsonl
+
+    result = ingest_jsonl(events_file, store)
+    for problem in result.problems:
+        err.print(f"[yellow]{problem}[/]", highlight=False)
+    console.print(f"ingested {result.ingested} events, rejected {result.rejected} lines from {events_file}")
+    if result.rejected:
+        raise typer.Exit(1 if not result.ingested else 0)
+
+
+@app.command()
+def verify(
+    bundle: Annotated[Optional[Path], typer.Argument(help="A report bundle directory to check (signature, digests).")] = None,
+    store: Annotated[Optional[str], typer.Option("--store", "-s", help="Evidence store to recompute.")] = None,
+    key: Annotated[Optional[Path], typer.Option("--key", help="Public key for a bundle's signature.")] = None,
+) -> None:
+    """Recompute every hash chain; name the first broken record of each sensor."""
+    from auditor.store.base import open_store
+
+    if store is None and bundle is None:
+        raise AuditorError("nothing to verify", fix="pass --store FILE or a bundle directory")
+    if bundle is not None:
+        from auditor.report.bundle import verify_bundle
+
+        outcome = verify_bundle(bundle, key)
+        for line in outcome.lines:
+            console.print(line, highlight=False)
+        if not outcome.ok:
+            raise typer.Exit(1)
+    if store is not None:
+        st = open_store(store, create=False)
+        try:
+            result = st.verify()
+        finally:
+            st.close()
+        for head in result.chains:
+            console.print(f"chain {head.sensor_id}: {head.count} records, head #{head.head_seq} {head.head_hash[:16]}…", highlight=False)
+        for problem in result.problems:
+            console.print(f"[red]BROKEN[/] {problem.line()}", highlight=False)
+        if not result.ok:
+            raise typer.Exit(1)
+        console.print(f"[green]OK[/] {result.records} records in {len(result.chains)} chains verify")
+
+
+def main() -> None:
+    """Entry point: errors of use become one line and exit 3, never a traceback."""
+    try:
+        rv = app(standalone_mode=False)
+    except AuditorError as exc:
+        err.print(f"error: {exc}", highlight=False, markup=False)
+        sys.exit(exc.exit_code)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.exceptions.Abort:
+        err.print("aborted")
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(3)
+    except FileNotFoundError as exc:
+        err.print(f"error: {exc}", highlight=False, markup=False)
+        sys.exit(3)
+    sys.exit(rv if isinstance(rv, int) else 0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,80 @@
+"""The Store protocol: what every evidence backend offers the sensors and the report."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from datetime import datetime
+from typing import Literal, Protocol, runtime_checkable
+
+from pydantic import BaseModel, Field
+
+from auditor.model import EgressEvent, Finding
+
+ProblemKind = Literal["edited", "missing", "inserted", "reordered", "truncated", "unreadable"]
+
+
+class ChainHead(BaseModel):
+    sensor_id: str
+    count: int
+    head_seq: int
+    head_hash: str
+
+
+class ChainProblem(BaseModel):
+    sensor_id: str
+    seq: int | None
+    record_id: str | None = None
+    kind: ProblemKind
+    detail: str
+
+    def line(self) -> str:
+        where = f"sensor {self.sensor_id}" + (f" record #{self.seq}" if self.seq is not None else "")
+        rid = f" (id {self.record_id})" if self.record_id else ""
+        return f"{where}{rid}: {self.kind}: {self.detail}"
+
+
+class VerifyResult(BaseModel):
+    ok: bool
+    records: int
+    chains: list[ChainHead] = Field(default_factory=list)
+    problems: list[ChainProblem] = Field(default_factory=list)
+
+
+@runtime_checkable
+class Store(Protocol):
+    """Append-only, per-sensor hash-chained evidence."""
+
+    url: str
+
+    def append(self, events: Sequence[EgressEvent]) -> None:
+        """Chain and write a batch atomically: all of it or none of it."""
+
+    def append_findings(self, sensor_id: str, findings: Sequence[Finding]) -> None:
+        """Findings are chained records too, under the id of whoever judged."""
+
+    def events(
+        self, since: datetime | None = None, until: datetime | None = None
+    ) -> Iterator[EgressEvent]:
+        """Events in time order within [since, until)."""
+
+    def findings(self) -> Iterator[Finding]: ...
+
+    def count(self) -> int: ...
+
+    def chain_heads(self) -> list[ChainHead]: ...
+
+    def verify(self) -> VerifyResult: ...
+
+    def close(self) -> None: ...
+
+
+def open_store(url: str, *, create: bool = True) -> Store:
+    """A file path (or sqlite:///path) opens SQLite; postgresql:// opens PostgreSQL."""
+    if url.startswith(("postgresql://", "postgres://")):
+        from auditor.store.postgres import PostgresStore  # noqa: PLC0415 - optional backend
+
+        return PostgresStore(url)
+    from auditor.store.sqlite import SqliteStore  # noqa: PLC0415
+
+    path = url.removeprefix("sqlite:///") if url.startswith("sqlite:///") else url
+    return SqliteStore(path, create=create)
