@@ -6,6 +6,8 @@ Exit codes: 0 pass, 1 violations, 2 inconclusive or unverified only, 3 and up er
 from __future__ import annotations
 
 import sys
+import tempfile
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -25,8 +27,8 @@ app = typer.Typer(
 rules_app = typer.Typer(help="Rule packs: validate, show, explain.", no_args_is_help=True)
 app.add_typer(rules_app, name="rules")
 
-console = Console()
-err = Console(stderr=True)
+console = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
 
 StoreOpt = Annotated[str, typer.Option("--store", "-s", help="Evidence store: a SQLite file path or a postgresql:// URL.")]
 
@@ -44,7 +46,64 @@ def ingest(
         err.print(f"[yellow]{problem}[/]", highlight=False)
     console.print(f"ingested {result.ingested} events, rejected {result.rejected} lines from {events_file}")
     if result.rejected:
-        raise typer.Exit(1 if not result.ingested else 0)
+        raise typer.Exit(3)
+
+
+PackOpt = Annotated[Optional[Path], typer.Option("--pack", help="Rule pack (default: the shipped Gretel Hybrid pack).")]
+OverlayOpt = Annotated[Optional[list[Path]], typer.Option("--overlay", help="Site overlay; repeatable.")]
+TimeOpt = typer.Option(formats=["%Y-%m-%dT%H:%M:%S%z", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d"])
+
+
+@app.command()
+def check(
+    store: Annotated[Optional[str], typer.Option("--store", "-s", help="Evidence store (default: a temporary one when --events is given).")] = None,
+    events: Annotated[Optional[Path], typer.Option("--events", help="Ingest this JSONL file first.")] = None,
+    pack: PackOpt = None,
+    overlay: OverlayOpt = None,
+    since: Annotated[Optional[datetime], TimeOpt] = None,
+    until: Annotated[Optional[datetime], TimeOpt] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine output.")] = False,
+) -> None:
+    """Judge the store against the pack; exit 0 pass, 1 violations, 2 unverified only."""
+    from auditor.check import run_check
+    from auditor.ingest import ingest_jsonl
+    from auditor.rules import load_pack
+    from auditor.store.base import open_store
+    from auditor.views import findings_table
+
+    if store is None and events is None:
+        raise AuditorError("no evidence to check", fix="pass --store FILE, or --events FILE.jsonl")
+    loaded = load_pack(pack, overlay or [])
+    with tempfile.TemporaryDirectory(prefix="auditor-check-") as tmp:
+        url = store or str(Path(tmp) / "evidence.db")
+        if events is not None:
+            ingested = ingest_jsonl(events, url)
+            for problem in ingested.problems:
+                err.print(problem, highlight=False, markup=False)
+            if not as_json:
+                console.print(f"ingested {ingested.ingested} events, rejected {ingested.rejected} lines from {events}")
+        st = open_store(url, create=events is not None)
+        try:
+            result = run_check(st, loaded, since=_utc(since), until=_utc(until))
+        finally:
+            st.close()
+    if as_json:
+        console.print_json(result.model_dump_json())
+    else:
+        for problem in result.chain_problems:
+            console.print(f"[red]BROKEN CHAIN[/] {problem}", highlight=False)
+        console.print(findings_table(result.findings))
+        counts = ", ".join(f"{n} {a}" for a, n in sorted(result.actions.items())) or "no judged events"
+        verdict = {0: "[green]PASS[/]", 1: "[red]FAIL[/]", 2: "[yellow]INCONCLUSIVE[/]"}[result.exit_code]
+        console.print(f"{verdict}: {result.events} events ({counts}); {len(result.findings)} findings")
+    raise typer.Exit(result.exit_code)
+
+
+def _utc(value: datetime | None) -> datetime | None:
+    """Times on the command line without a zone are UTC, as everything in the store is."""
+    if value is None:
+        return None
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
 @app.command()
