@@ -49,6 +49,27 @@ def ingest(
         raise typer.Exit(3)
 
 
+@app.command("import")
+def import_(
+    files: Annotated[list[Path], typer.Argument(help="mitmproxy flows (-w), HAR, pcap/pcapng, Zeek JSON logs (conn, dns, ssl together), Hubble JSON.")],
+    store: StoreOpt,
+    fmt: Annotated[str, typer.Option("--format", help="auto, har, zeek, hubble, mitm, pcap.")] = "auto",
+    sensor_id: Annotated[Optional[str], typer.Option("--sensor-id", help="Chain the imported events under this id.")] = None,
+) -> None:
+    """Turn evidence captured with other tools into events in the store."""
+    from auditor.importers import import_file
+
+    result = import_file(files, store, fmt, sensor_id)  # type: ignore[arg-type]
+    for problem in result.problems:
+        err.print(problem, highlight=False, markup=False)
+    console.print(
+        f"imported {result.imported} events as {result.format} under sensor {result.sensor_id}, rejected {result.rejected} records",
+        highlight=False,
+    )
+    if result.rejected:
+        raise typer.Exit(3)
+
+
 PackOpt = Annotated[Optional[Path], typer.Option("--pack", help="Rule pack (default: the shipped Gretel Hybrid pack).")]
 OverlayOpt = Annotated[Optional[list[Path]], typer.Option("--overlay", help="Site overlay; repeatable.")]
 TimeOpt = typer.Option(formats=["%Y-%m-%dT%H:%M:%S%z", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d"])

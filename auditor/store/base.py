@@ -59,6 +59,10 @@ class Store(Protocol):
 
     def findings(self) -> Iterator[Finding]: ...
 
+    def events_after(self, cursor: dict[str, int], limit: int = 10_000) -> list[tuple[str, int, EgressEvent]]:
+        """Events past `cursor` (sensor -> last seq seen), for tailing a live store;
+        (sensor, seq, event) so the caller can advance its cursor."""
+
     def count(self) -> int: ...
 
     def chain_heads(self) -> list[ChainHead]: ...

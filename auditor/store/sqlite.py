@@ -118,6 +118,19 @@ class SqliteStore:
         for (body,) in cur:
             yield EgressEvent.model_validate_json(body)
 
+    def events_after(self, cursor: dict[str, int], limit: int = 10_000) -> list[tuple[str, int, EgressEvent]]:
+        out: list[tuple[str, int, EgressEvent]] = []
+        sensors = [r[0] for r in self._db.execute("SELECT sensor_id FROM checkpoints ORDER BY sensor_id")]
+        for sensor_id in sensors:
+            rows = self._db.execute(
+                "SELECT seq, body FROM records WHERE sensor_id = ? AND seq > ? AND kind = 'event' ORDER BY seq LIMIT ?",
+                (sensor_id, cursor.get(sensor_id, 0), limit - len(out)),
+            )
+            out.extend((sensor_id, seq, EgressEvent.model_validate_json(body)) for seq, body in rows)
+            if len(out) >= limit:
+                break
+        return out
+
     def findings(self) -> Iterator[Finding]:
         for (body,) in self._db.execute("SELECT body FROM records WHERE kind = 'finding' ORDER BY sensor_id, seq"):
             yield Finding.model_validate_json(body)
