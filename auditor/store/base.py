@@ -57,7 +57,11 @@ class Store(Protocol):
     ) -> Iterator[EgressEvent]:
         """Events in time order within [since, until)."""
 
-    def findings(self) -> Iterator[Finding]: ...
+    def findings(self, sensor_id: str | None = None) -> Iterator[Finding]:
+        """Chained findings, of one judge (`check`, `monitor`, ...) or all."""
+
+    def last_event(self, sensor_id: str) -> EgressEvent | None:
+        """The newest event of one sensor: how a restarted sensor tells a clean stop from a gap."""
 
     def events_after(self, cursor: dict[str, int], limit: int = 10_000) -> list[tuple[str, int, EgressEvent]]:
         """Events past `cursor` (sensor -> last seq seen), for tailing a live store;

@@ -131,8 +131,15 @@ class SqliteStore:
                 break
         return out
 
-    def findings(self) -> Iterator[Finding]:
-        for (body,) in self._db.execute("SELECT body FROM records WHERE kind = 'finding' ORDER BY sensor_id, seq"):
+    def last_event(self, sensor_id: str) -> EgressEvent | None:
+        row = self._db.execute(
+            "SELECT body FROM records WHERE sensor_id = ? AND kind = 'event' ORDER BY seq DESC LIMIT 1", (sensor_id,)
+        ).fetchone()
+        return EgressEvent.model_validate_json(row[0]) if row else None
+
+    def findings(self, sensor_id: str | None = None) -> Iterator[Finding]:
+        sql = "SELECT body FROM records WHERE kind = 'finding'" + (" AND sensor_id = ?" if sensor_id else "")
+        for (body,) in self._db.execute(sql + " ORDER BY sensor_id, seq", (sensor_id,) if sensor_id else ()):
             yield Finding.model_validate_json(body)
 
     def count(self) -> int:

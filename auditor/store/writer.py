@@ -39,6 +39,24 @@ class BatchWriter:
         self._thread = threading.Thread(target=self._run, name=f"writer-{sensor_id}", daemon=True)
         self._thread.start()
 
+    def start(self, *, config_digest: str | None = None, detail: str | None = None, version: str | None = None) -> None:
+        """Chain `start`; first a `gap` if the previous run of this sensor never chained
+        `stop` (a crash or a kill): a hole in monitoring is evidence, not silence."""
+        last = self.store.last_event(self.sensor_id)
+        if last is not None and not (last.sensor and last.sensor.lifecycle == "stop"):
+            self.submit(
+                sensor_event(
+                    self.sensor_id, "gap",
+                    detail=f"previous run ended without a stop record; last record at {last.time.isoformat()}",
+                )
+            )
+        self.submit(sensor_event(self.sensor_id, "start", config_digest=config_digest, detail=detail, version=version))
+
+    def stop(self, detail: str | None = None) -> None:
+        """Chain `stop` and flush: the clean end of a run."""
+        self._queue.put(sensor_event(self.sensor_id, "stop", detail=detail))
+        self.close()
+
     def submit(self, event: EgressEvent) -> bool:
         """Never blocks. False means the event was dropped (and counted)."""
         try:
