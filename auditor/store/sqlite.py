@@ -9,7 +9,7 @@ from pathlib import Path
 
 from auditor.model import EgressEvent, Finding
 from auditor.store.base import ChainHead, VerifyResult
-from auditor.store.chain import link
+from auditor.store.chain import json_doc, link
 from auditor.store.verify import verify_links
 
 SCHEMA_VERSION = 1
@@ -68,14 +68,14 @@ class SqliteStore:
 
     def append(self, events: Sequence[EgressEvent]) -> None:
         records = [
-            (e.sensor_id, "event", e.id, time_us(e.time), e.model_dump(mode="json", exclude_none=True))
+            (e.sensor_id, "event", e.id, time_us(e.time), json_doc(e))
             for e in events
         ]
         self._append(records)
 
     def append_findings(self, sensor_id: str, findings: Sequence[Finding]) -> None:
         records = [
-            (sensor_id, "finding", f.id, time_us(f.last_seen), f.model_dump(mode="json", exclude_none=True))
+            (sensor_id, "finding", f.id, time_us(f.last_seen), json_doc(f))
             for f in findings
         ]
         self._append(records)
