@@ -11,7 +11,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Optional
 
-import click
 import typer
 from rich.console import Console
 
@@ -27,8 +26,8 @@ app = typer.Typer(
 rules_app = typer.Typer(help="Rule packs: validate, show, explain.", no_args_is_help=True)
 app.add_typer(rules_app, name="rules")
 
-console = Console(soft_wrap=True)
-err = Console(stderr=True, soft_wrap=True)
+console = Console()
+err = Console(stderr=True, soft_wrap=True)  # one-line errors stay one line
 
 StoreOpt = Annotated[str, typer.Option("--store", "-s", help="Evidence store: a SQLite file path or a postgresql:// URL.")]
 
@@ -161,6 +160,105 @@ def verify(
         console.print(f"[green]OK[/] {result.records} records in {len(result.chains)} chains verify")
 
 
+@rules_app.command("validate")
+def rules_validate(
+    pack: Annotated[Optional[Path], typer.Argument(help="Rule pack YAML (default: the shipped Gretel Hybrid pack).")] = None,
+    overlay: OverlayOpt = None,
+) -> None:
+    """Check a pack and its overlays; one line naming file, line and fix on error (exit 3)."""
+    from auditor.rules import load_pack
+    from auditor.rules.explain import validate_summary
+
+    for line in validate_summary(load_pack(pack, overlay or [])):
+        console.print(line, highlight=False, markup=False)
+
+
+@rules_app.command("show")
+def rules_show(
+    pack: PackOpt = None,
+    overlay: OverlayOpt = None,
+    all_rules: Annotated[bool, typer.Option("--rules", help="Also list every rule.")] = False,
+) -> None:
+    """What is allowed, to whom, how, and which line of the contract says so."""
+    from auditor.rules import load_pack
+    from auditor.rules.explain import forbidden_table, kinds_table, pack_table, rules_table
+
+    loaded = load_pack(pack, overlay or [])
+    console.print(pack_table(loaded))
+    console.print(kinds_table(loaded))
+    console.print(forbidden_table(loaded))
+    if all_rules:
+        console.print(rules_table(loaded))
+
+
+@rules_app.command("explain")
+def rules_explain(
+    target: Annotated[str, typer.Argument(help="HOST or HOST:PORT (port 443 when omitted).")],
+    method: Annotated[Optional[str], typer.Option("--method", "-m", help="HTTP method.")] = None,
+    path: Annotated[Optional[str], typer.Option("--path", "-p", help="HTTP path, e.g. /bucket/key.")] = None,
+    scope: Annotated[Optional[str], typer.Option("--scope", help="pod or node (default: both).")] = None,
+    pack: PackOpt = None,
+    overlay: OverlayOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine output.")] = False,
+) -> None:
+    """Which rule decides HOST[:PORT] and why; exit 0 allowed, 1 violation, 2 unverified."""
+    from auditor.rules import load_pack
+    from auditor.rules.explain import explain, explain_exit_code, explanation_renderable
+
+    explanations = explain(load_pack(pack, overlay or []), target, method=method, path=path, scope=scope)
+    for ex in explanations:
+        if as_json:
+            console.print_json(ex.model_dump_json())
+        else:
+            console.print(explanation_renderable(ex), highlight=False)
+    raise typer.Exit(explain_exit_code(explanations))
+
+
+keys_app = typer.Typer(help="Signing keys for report attestations.", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+
+
+@keys_app.command("generate")
+def keys_generate(
+    out: Annotated[Path, typer.Option("--out", help="Directory for auditor-signing.key (mode 0600) and auditor-signing.pub.")],
+) -> None:
+    """Create an Ed25519 key pair for signing report bundles."""
+    from auditor.report.intoto import generate_keys
+
+    private, public, kid = generate_keys(out)
+    console.print(f"private key {private} (mode 0600)\npublic key  {public}\nkey id      {kid}", highlight=False, markup=False)
+
+
+@app.command()
+def report(
+    store: StoreOpt,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Bundle directory to write.")],
+    since: Annotated[Optional[datetime], TimeOpt] = None,
+    until: Annotated[Optional[datetime], TimeOpt] = None,
+    fmt: Annotated[Optional[str], typer.Option("--format", help="Comma-separated: html,json,sarif,junit,intoto (default: all; intoto needs --sign).")] = None,
+    sign: Annotated[Optional[Path], typer.Option("--sign", help="Ed25519 private key: sign an in-toto attestation of the bundle.")] = None,
+    pack: PackOpt = None,
+    overlay: OverlayOpt = None,
+    min_coverage: Annotated[Optional[str], typer.Option("--min-coverage", help="Below this share (0.95 or 95%) the verdict cannot be PASS.")] = None,
+) -> None:
+    """Write the attestation report; exit 0 PASS, 1 FAIL, 2 INCONCLUSIVE."""
+    from auditor.report.bundle import make_report, parse_formats, parse_min_coverage
+    from auditor.rules import load_pack
+
+    outcome = make_report(
+        store, out, load_pack(pack, overlay or []),
+        formats=parse_formats(fmt, sign is not None), since=_utc(since), until=_utc(until),
+        min_coverage=parse_min_coverage(min_coverage), sign_key=sign,
+        pack_path=str(pack) if pack else None, overlays=[str(o) for o in overlay or []],
+    )
+    for kind, path in outcome.files.items():
+        console.print(f"{kind:7} {path}", highlight=False, markup=False)
+    colour = {"PASS": "green", "FAIL": "red", "INCONCLUSIVE": "yellow"}[outcome.status]
+    console.print(f"[{colour}]{outcome.status}[/]: ", end="")
+    console.print(f"{outcome.reason} ({outcome.findings} findings)", highlight=False, markup=False)
+    raise typer.Exit(outcome.exit_code)
+
+
 def main() -> None:
     """Entry point: errors of use become one line and exit 3, never a traceback."""
     try:
@@ -168,13 +266,17 @@ def main() -> None:
     except AuditorError as exc:
         err.print(f"error: {exc}", highlight=False, markup=False)
         sys.exit(exc.exit_code)
-    except click.exceptions.Exit as exc:
+    except typer.Exit as exc:
         sys.exit(exc.exit_code)
-    except click.exceptions.Abort:
+    except typer.Abort:
         err.print("aborted")
         sys.exit(130)
-    except click.ClickException as exc:
-        exc.show()
+    except typer.TyperException as exc:  # usage errors: bad option, missing argument
+        show = getattr(exc, "show", None)
+        if callable(show):
+            show()
+        else:
+            err.print(f"error: {exc}", highlight=False, markup=False)
         sys.exit(3)
     except FileNotFoundError as exc:
         err.print(f"error: {exc}", highlight=False, markup=False)

@@ -15,18 +15,19 @@ _SEVERITY_STYLE = {"critical": "bold red", "high": "red", "medium": "yellow", "l
 def findings_table(findings: Sequence[Finding], limit: int = 50) -> Table:
     ordered = sorted(findings, key=lambda f: (-SEVERITY_ORDER[f.severity], f.rule_id, f.destination))
     table = Table(title=f"Findings ({len(findings)})", show_lines=False)
-    for col in ("severity", "decision", "rule", "destination", "count", "first seen", "message"):
+    for col in ("severity", "decision", "rule", "destination", "count", "first seen"):
         table.add_column(col, overflow="fold")
     for f in ordered[:limit]:
         table.add_row(
-            f"[{_SEVERITY_STYLE[f.severity]}]{f.severity}[/]",
-            f.action,
+            Text(f.severity, style=_SEVERITY_STYLE[f.severity]),
+            Text(f.action),
             Text(f.rule_id),
             Text(f.destination),  # traffic-derived: never rich markup
-            str(f.count),
-            f.first_seen.strftime("%Y-%m-%d %H:%M:%SZ"),
-            Text(f.message),
+            Text(str(f.count)),
+            Text(f.first_seen.strftime("%Y-%m-%d %H:%M:%SZ")),
         )
     if len(ordered) > limit:
         table.caption = f"{len(ordered) - limit} more findings: use --json for all"
+    else:
+        table.caption = "messages, evidence and remediation: --json, or the report"
     return table
