@@ -69,6 +69,39 @@ def import_(
         raise typer.Exit(3)
 
 
+@app.command()
+def monitor(
+    store: StoreOpt,
+    pack: Annotated[Optional[Path], typer.Option("--pack", help="Rule pack (default: the shipped Gretel Hybrid pack).")] = None,
+    overlay: Annotated[Optional[list[Path]], typer.Option("--overlay", help="Site overlay; repeatable.")] = None,
+    metrics_listen: Annotated[Optional[str], typer.Option("--metrics-listen", help="HOST:PORT for Prometheus /metrics.")] = None,
+    webhook: Annotated[Optional[str], typer.Option("--webhook", help="POST each alert here (retried with backoff).")] = None,
+    report_every: Annotated[Optional[float], typer.Option("--report-every", help="Seconds between rolling reports.")] = None,
+    out: Annotated[Path, typer.Option("--out", help="Where rolling reports go.")] = Path("auditor-monitor"),
+    window: Annotated[Optional[float], typer.Option("--window", help="Seconds of history in each rolling report (default: all).")] = None,
+    sign: Annotated[Optional[Path], typer.Option("--sign", help="Ed25519 private key to sign rolling reports.")] = None,
+    poll: Annotated[float, typer.Option("--poll", help="Seconds between store polls.")] = 1.0,
+    duration: Annotated[Optional[float], typer.Option("--duration", help="Stop after this many seconds (default: until SIGINT/SIGTERM).")] = None,
+) -> None:
+    """Continuous mode: tail the store the sensors write, alert once per rule and destination (JSON lines on stdout), serve metrics, write rolling reports."""
+    import signal
+    import threading
+
+    from auditor.monitor import MonitorConfig, run_monitor
+    from auditor.rules import load_pack
+
+    loaded = load_pack(pack, overlay or [])
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    config = MonitorConfig(
+        store_url=store, poll_interval=poll, metrics_listen=metrics_listen, webhook=webhook,
+        report_every=report_every, report_dir=out if report_every else None, report_window=window,
+        sign_key=sign, duration=duration,
+    )
+    run_monitor(config, loaded, stop, on_report=lambda d, status: err.print(f"rolling report {status}: {d}", highlight=False))
+
+
 PackOpt = Annotated[Optional[Path], typer.Option("--pack", help="Rule pack (default: the shipped Gretel Hybrid pack).")]
 OverlayOpt = Annotated[Optional[list[Path]], typer.Option("--overlay", help="Site overlay; repeatable.")]
 TimeOpt = typer.Option(formats=["%Y-%m-%dT%H:%M:%S%z", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d"])
@@ -257,6 +290,64 @@ def report(
     console.print(f"[{colour}]{outcome.status}[/]: ", end="")
     console.print(f"{outcome.reason} ({outcome.findings} findings)", highlight=False, markup=False)
     raise typer.Exit(outcome.exit_code)
+
+
+@app.command("classify")
+def classify_cmd(
+    file: Annotated[Path, typer.Argument(help="A request body saved to a file.")],
+    route: Annotated[Optional[str], typer.Option("--route", help="As sent on this route, e.g. 'POST /v1/workflows'.")] = None,
+    host: Annotated[Optional[str], typer.Option("--host", help="Destination host (default: judge by route alone).")] = None,
+    content_type: Annotated[Optional[str], typer.Option("--content-type", help="Content-Type of the body.")] = None,
+    encoding: Annotated[Optional[str], typer.Option("--encoding", help="Content-Encoding, e.g. gzip or 'gzip, br'.")] = None,
+    fingerprints: Annotated[Optional[Path], typer.Option("--fingerprints", help="Fingerprint file from `auditor fingerprint`.")] = None,
+    key_file: Annotated[Optional[Path], typer.Option("--key-file", help="The key the fingerprints were made with.")] = None,
+    canaries: Annotated[Optional[Path], typer.Option("--canaries", help="Canary token list from `auditor canary`.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine output.")] = False,
+) -> None:
+    """Classify one body: labels, metadata kinds, findings, what was not inspected; exit 1 on a violation label."""
+    from auditor.classify.commands import classify_file, exit_code, summary_lines, summary_table
+
+    info = classify_file(file, route=route, host=host, content_type=content_type, encoding=encoding, fingerprints=fingerprints, key_file=key_file, canaries=canaries)
+    if as_json:
+        console.print_json(info.model_dump_json())
+    else:
+        for line in summary_lines(info):
+            console.print(line, highlight=False, markup=False)
+        if info.findings:
+            console.print(summary_table(info))
+    raise typer.Exit(exit_code(info))
+
+
+@app.command("fingerprint")
+def fingerprint_cmd(
+    data: Annotated[Path, typer.Argument(help="Training data: .csv, .tsv, .jsonl or .parquet.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Fingerprint file to write.")],
+    key_file: Annotated[Path, typer.Option("--key-file", help="Secret key (16+ bytes); keep it apart from the fingerprint file.")],
+) -> None:
+    """Keyed hashes of every informative cell with its row, so egress holding two cells of a row is caught."""
+    from auditor.classify.commands import fingerprint
+
+    result = fingerprint(data, out, key_file)
+    h = result.header
+    console.print(f"{result.path}: {h.rows} rows, {h.distinct} distinct cells ({h.records} cell-row records, {h.dropped_common} common values left out), key id {h.key_id}", highlight=False, markup=False)
+
+
+@app.command("canary")
+def canary_cmd(
+    count: Annotated[int, typer.Option("--count", help="How many canary records.")] = 10,
+    fmt: Annotated[str, typer.Option("--format", help="csv or jsonl.")] = "csv",
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Records file (default: stdout).")] = None,
+    tokens: Annotated[Optional[Path], typer.Option("--tokens", help="Token list for `auditor classify --canaries` (default: OUT.tokens, or ./canaries.tokens).")] = None,
+) -> None:
+    """Synthetic records with unique tokens to plant in training data; any sighting in egress is critical."""
+    from auditor.classify.commands import canary
+
+    result = canary(count, fmt, out, tokens)
+    if out is None:
+        sys.stdout.write(result.text)
+    else:
+        err.print(f"wrote {result.records} canary records to {out}", highlight=False, markup=False)
+    err.print(f"token list: {result.tokens}", highlight=False, markup=False)
 
 
 def main() -> None:

@@ -17,13 +17,16 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import TextIO
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
+from pydantic import BaseModel
 
 from auditor.model import EgressEvent, Finding
 from auditor.rules import Pack, group_findings, judge
-from auditor.store.base import Store
+from auditor.store.base import Store, open_store
 
 MONITOR_SENSOR = "monitor"
 
@@ -197,3 +200,60 @@ def serve_metrics(metrics: Metrics, listen: str) -> None:
     """`HOST:PORT` for the Prometheus scrape endpoint (`/metrics`)."""
     host, _, port = listen.rpartition(":")
     start_http_server(int(port), addr=host.strip("[]") or "127.0.0.1", registry=metrics.registry)
+
+
+class MonitorConfig(BaseModel):
+    store_url: str
+    poll_interval: float = 1.0
+    metrics_listen: str | None = None
+    webhook: str | None = None
+    report_every: float | None = None  # seconds; None: no rolling report
+    report_dir: Path | None = None
+    report_window: float | None = None  # seconds of history per rolling report; None: everything
+    sign_key: Path | None = None
+    duration: float | None = None
+
+
+def run_monitor(
+    config: MonitorConfig,
+    pack: Pack,
+    stop: threading.Event,
+    *,
+    stream: TextIO | None = None,
+    on_report: Callable[[Path, str], None] | None = None,
+) -> Metrics:
+    """Tail, judge, alert and report until `stop` is set (or `duration` passes).
+    Sensors write the store on their own; this loop only reads it and chains alerts."""
+    from auditor.report.bundle import make_report  # noqa: PLC0415 - the report pulls in jinja2 only when asked
+
+    metrics = Metrics()
+    if config.metrics_listen:
+        serve_metrics(metrics, config.metrics_listen)
+    sink = AlertSink(stream, config.webhook, on_failure=lambda _a, _why: metrics.webhook_failures.inc())
+    store = open_store(config.store_url)
+    watcher = Watcher(store, pack, sink, metrics)
+    started = time.monotonic()
+    next_report = started + config.report_every if config.report_every else None
+    try:
+        while not stop.is_set():
+            while watcher.poll():
+                pass
+            now = time.monotonic()
+            if next_report is not None and now >= next_report and config.report_dir is not None:
+                since = datetime.now(UTC) - timedelta(seconds=config.report_window) if config.report_window else None
+                outcome = make_report(
+                    config.store_url, config.report_dir, pack,
+                    formats=["html", "json", "sarif", "junit"] + (["intoto"] if config.sign_key else []),
+                    since=since, sign_key=config.sign_key,
+                )
+                if on_report:
+                    on_report(outcome.out_dir, outcome.status)
+                next_report = now + (config.report_every or 0)
+            if config.duration is not None and now - started >= config.duration:
+                break
+            stop.wait(config.poll_interval)
+        watcher.poll()
+    finally:
+        sink.close()
+        store.close()
+    return metrics
