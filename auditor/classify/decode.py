@@ -1,0 +1,425 @@
+"""Bounded decoding: every layer a body can hide behind, with caps on size, ratio,
+depth, entries and time, so a hostile body costs a known amount and never more.
+
+Crossing a limit raises `LimitExceeded` inside the classifier, which turns it into
+an `uninspectable` result with the reason; nothing here is allowed to escape as any
+other exception or to hold more than the caps in memory.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import re
+import tarfile
+import time
+import zipfile
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from urllib.parse import parse_qsl
+
+import brotli
+import zstandard
+from pydantic import BaseModel, ConfigDict, Field
+
+KiB = 1024
+MiB = 1024 * KiB
+
+
+class Limits(BaseModel):
+    """What one body may cost. Defaults follow the issue: 32 MiB, 100:1 after 100 KiB, depth 3, 1,000 entries."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_decoded_bytes: int = Field(default=32 * MiB, ge=1)
+    max_ratio: int = Field(default=100, ge=1)
+    ratio_grace_bytes: int = Field(default=100 * KiB, ge=0)
+    max_depth: int = Field(default=3, ge=0)
+    max_entries: int = Field(default=1_000, ge=1)
+    time_budget_s: float = Field(default=5.0, gt=0)
+    max_structure_depth: int = Field(default=64, ge=1)  # JSON/YAML nesting, not decoding layers
+    max_nodes: int = Field(default=500_000, ge=1)  # JSON/YAML values walked per body
+    min_embedded: int = Field(default=16, ge=4)  # shortest base64/hex run worth decoding
+    max_yaml_bytes: int = Field(default=1 * MiB, ge=1)  # model configs are small; YAML parsing is slow
+    pii_table_min: int = Field(default=3, ge=1)  # personal-data items before they mean "a table"
+
+
+class LimitExceeded(Exception):
+    """A cap was crossed; `reason` is what the event records as not_inspected_reason."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+class Budget:
+    """Shared across every layer of one body: decoded bytes, nodes and wall time."""
+
+    def __init__(self, limits: Limits):
+        self.limits = limits
+        self.decoded = 0
+        self.nodes = 0
+        self.deadline = time.monotonic() + limits.time_budget_s
+
+    def charge(self, n: int) -> None:
+        self.decoded += n
+        if self.decoded > self.limits.max_decoded_bytes:
+            raise LimitExceeded(f"decoded-size: more than {self.limits.max_decoded_bytes} bytes after decoding")
+
+    def node(self, n: int = 1) -> None:
+        self.nodes += n
+        if self.nodes > self.limits.max_nodes:
+            raise LimitExceeded(f"node-count: more than {self.limits.max_nodes} values in the body")
+
+    def tick(self) -> None:
+        if time.monotonic() > self.deadline:
+            raise LimitExceeded(f"time-budget: inspection took longer than {self.limits.time_budget_s:g} s")
+
+    def depth(self, depth: int, what: str) -> None:
+        if depth > self.limits.max_depth:
+            raise LimitExceeded(f"nesting-depth: {what} nested deeper than {self.limits.max_depth} layers")
+
+
+class Undecodable(Exception):
+    """The bytes are not what their label says (corrupt gzip, bad multipart)."""
+
+
+_CHUNK = 64 * KiB
+
+
+def _check_ratio(out_len: int, in_len: int, limits: Limits, what: str) -> None:
+    if out_len > limits.ratio_grace_bytes and out_len > limits.max_ratio * max(in_len, 1):
+        raise LimitExceeded(f"inflation-ratio: {what} expands more than {limits.max_ratio}:1")
+
+
+def _zlib(data: bytes, wbits: int, budget: Budget, what: str) -> bytes:
+    out = bytearray()
+    rest = data
+    total_in = len(data)
+    while True:
+        d = zlib.decompressobj(wbits)
+        inp = rest
+        while True:
+            budget.tick()
+            try:
+                chunk = d.decompress(inp, _CHUNK)
+            except zlib.error as exc:
+                raise Undecodable(f"corrupt {what}: {exc}") from None
+            out += chunk
+            budget.charge(len(chunk))
+            consumed = total_in - len(d.unconsumed_tail) - len(d.unused_data)
+            _check_ratio(len(out), consumed, budget.limits, what)
+            inp = d.unconsumed_tail
+            if d.eof or (not inp and not chunk):
+                break
+        if not d.eof:
+            raise Undecodable(f"truncated {what}")
+        rest = d.unused_data
+        # gzip allows several members back to back; anything else after the end is ignored
+        if wbits & 16 and rest[:2] == b"\x1f\x8b":
+            total_in = len(data)
+            continue
+        return bytes(out)
+
+
+def _brotli(data: bytes, budget: Budget) -> bytes:
+    # Brotli 1.1 (mitmproxy's pin) has no output limit, and one input byte can expand
+    # to megabytes: feed a few bytes at a time so one step stays small.
+    d = brotli.Decompressor()
+    out = bytearray()
+    step = 8
+    for i in range(0, len(data), step):
+        if not i % 4096:
+            budget.tick()
+        try:
+            chunk = d.process(data[i : i + step])
+        except brotli.error as exc:
+            raise Undecodable(f"corrupt br: {exc}") from None
+        out += chunk
+        budget.charge(len(chunk))
+        _check_ratio(len(out), i + step, budget.limits, "br")
+    if not d.is_finished():
+        raise Undecodable("truncated br")
+    return bytes(out)
+
+
+def _zstd(data: bytes, budget: Budget) -> bytes:
+    dctx = zstandard.ZstdDecompressor(max_window_size=8 * MiB)
+    src = io.BytesIO(data)
+    out = bytearray()
+    try:
+        with dctx.stream_reader(src, read_size=16 * KiB, read_across_frames=True) as reader:
+            while True:
+                budget.tick()
+                chunk = reader.read(_CHUNK)
+                if not chunk:
+                    break
+                out += chunk
+                budget.charge(len(chunk))
+                _check_ratio(len(out), src.tell(), budget.limits, "zstd")
+    except zstandard.ZstdError as exc:
+        raise Undecodable(f"corrupt zstd: {exc}") from None
+    return bytes(out)
+
+
+def decompress(data: bytes, encoding: str, budget: Budget) -> bytes:
+    """One content coding, bounded. Unknown codings are an Undecodable body, not a guess."""
+    enc = encoding.strip().lower()
+    if enc in ("", "identity"):
+        return data
+    if enc in ("gzip", "x-gzip"):
+        return _zlib(data, 16 + zlib.MAX_WBITS, budget, "gzip")
+    if enc == "deflate":
+        try:
+            return _zlib(data, zlib.MAX_WBITS, budget, "deflate")
+        except Undecodable:
+            return _zlib(data, -zlib.MAX_WBITS, budget, "deflate")
+    if enc == "br":
+        return _brotli(data, budget)
+    if enc in ("zstd", "zst"):
+        return _zstd(data, budget)
+    raise Undecodable(f"unknown content-encoding {encoding!r}")
+
+
+def decode_content(data: bytes, content_encoding: str | None, budget: Budget) -> bytes:
+    """Stacked codings (`gzip, br`) are undone last-applied first; each one is a layer of depth."""
+    if not content_encoding:
+        return data
+    layers = [e for e in content_encoding.split(",") if e.strip() and e.strip().lower() != "identity"]
+    budget.depth(len(layers), "content-encoding")
+    for enc in reversed(layers):
+        data = decompress(data, enc, budget)
+    return data
+
+
+# --- what the bytes are -------------------------------------------------------
+
+COMPRESSED_MAGIC: dict[str, bytes] = {"gzip": b"\x1f\x8b", "zstd": b"\x28\xb5\x2f\xfd"}
+
+
+def compression_of(data: bytes) -> str | None:
+    """Self-describing compressed streams (zlib has a weak magic: checked by header sum)."""
+    if data[:2] == b"\x1f\x8b":
+        return "gzip"
+    if data[:4] == b"\x28\xb5\x2f\xfd":
+        return "zstd"
+    if len(data) >= 2 and data[0] == 0x78 and (data[0] << 8 | data[1]) % 31 == 0 and data[1] in (0x01, 0x5E, 0x9C, 0xDA):
+        return "deflate"
+    return None
+
+
+def is_tar(data: bytes) -> bool:
+    return len(data) >= 262 and data[257:262] == b"ustar"
+
+
+def is_zip(data: bytes) -> bool:
+    return data[:4] in (b"PK\x03\x04", b"PK\x05\x06")
+
+
+def media_type(content_type: str | None) -> tuple[str, dict[str, str]]:
+    """`multipart/form-data; boundary=x` -> ("multipart/form-data", {"boundary": "x"})."""
+    if not content_type:
+        return "", {}
+    head, *params = content_type.split(";")
+    out: dict[str, str] = {}
+    for p in params:
+        if "=" in p:
+            k, v = p.split("=", 1)
+            out[k.strip().lower()] = v.strip().strip('"')
+    return head.strip().lower(), out
+
+
+def as_text(data: bytes) -> str | None:
+    """UTF-8 text that is mostly printable, else None (binary)."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    if not text:
+        return text
+    sample = text[:4096]
+    if sample.isprintable():
+        return text
+    bad = sum(1 for c in sample if not c.isprintable() and c not in "\n\r\t")
+    return text if bad <= len(sample) // 50 else None
+
+
+# --- containers ---------------------------------------------------------------
+
+
+@dataclass
+class Entry:
+    """One member of a container: a multipart part or an archive member."""
+
+    name: str
+    data: bytes
+    filename: str | None = None
+    content_type: str | None = None
+
+
+def multipart(data: bytes, boundary: str, budget: Budget) -> list[Entry]:
+    """RFC 7578 parts; bounded by max_entries; a missing boundary is Undecodable."""
+    delim = b"--" + boundary.encode("latin-1", "replace")
+    chunks = data.split(delim)
+    if len(chunks) < 2:
+        raise Undecodable("multipart body without its boundary")
+    out: list[Entry] = []
+    for raw in chunks[1:]:
+        if raw.startswith(b"--"):
+            break
+        if len(out) >= budget.limits.max_entries:
+            raise LimitExceeded(f"archive-entries: more than {budget.limits.max_entries} multipart parts")
+        raw = raw[2:] if raw.startswith(b"\r\n") else raw.lstrip(b"\n")
+        head, sep, body = raw.partition(b"\r\n\r\n")
+        if not sep:
+            head, sep, body = raw.partition(b"\n\n")
+        if body.endswith(b"\r\n"):
+            body = body[:-2]
+        elif body.endswith(b"\n"):
+            body = body[:-1]
+        name, filename, ctype = "", None, None
+        for line in head.decode("utf-8", "replace").splitlines():
+            key, _, value = line.partition(":")
+            if key.strip().lower() == "content-disposition":
+                for m in re.finditer(r'(\w+\*?)="?([^";]*)"?', value):
+                    if m.group(1).lower() == "name":
+                        name = m.group(2)
+                    elif m.group(1).lower().startswith("filename"):
+                        filename = m.group(2).split("''")[-1]
+            elif key.strip().lower() == "content-type":
+                ctype = value.strip()
+        out.append(Entry(name=name, data=body, filename=filename, content_type=ctype))
+    return out
+
+
+def form(text: str, budget: Budget) -> dict[str, list[str]]:
+    """application/x-www-form-urlencoded; field count bounded."""
+    try:
+        pairs = parse_qsl(text, keep_blank_values=True, max_num_fields=budget.limits.max_entries)
+    except ValueError:
+        raise LimitExceeded(f"archive-entries: more than {budget.limits.max_entries} form fields") from None
+    out: dict[str, list[str]] = {}
+    for k, v in pairs:
+        out.setdefault(k, []).append(v)
+    return out
+
+
+def zip_entries(data: bytes, budget: Budget) -> Iterator[Entry]:
+    """Members of a zip, each inflated under the same caps as a content coding."""
+    try:
+        zf = zipfile.ZipFile(io.BytesIO(data))
+        infos = zf.infolist()
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError, NotImplementedError) as exc:
+        raise Undecodable(f"corrupt zip: {exc}") from None
+    if len(infos) > budget.limits.max_entries:
+        raise LimitExceeded(f"archive-entries: zip has {len(infos)} members, more than {budget.limits.max_entries}")
+    for info in infos:
+        budget.tick()
+        if info.is_dir():
+            continue
+        out = bytearray()
+        try:
+            with zf.open(info) as member:
+                while True:
+                    chunk = member.read(_CHUNK)
+                    if not chunk:
+                        break
+                    out += chunk
+                    budget.charge(len(chunk))
+                    _check_ratio(len(out), max(info.compress_size, 1), budget.limits, f"zip member {info.filename!r}")
+                    budget.tick()
+        except (zipfile.BadZipFile, OSError, ValueError, EOFError, NotImplementedError, zlib.error) as exc:
+            raise Undecodable(f"corrupt zip member {info.filename!r}: {exc}") from None
+        yield Entry(name=info.filename, data=bytes(out), filename=info.filename)
+
+
+def tar_entries(data: bytes, budget: Budget) -> Iterator[Entry]:
+    """Members of an (already decompressed) tar, counted and charged."""
+    try:
+        tf = tarfile.open(fileobj=io.BytesIO(data), mode="r:")
+    except (tarfile.TarError, OSError, ValueError, EOFError) as exc:
+        raise Undecodable(f"corrupt tar: {exc}") from None
+    count = 0
+    try:
+        for member in tf:
+            budget.tick()
+            count += 1
+            if count > budget.limits.max_entries:
+                raise LimitExceeded(f"archive-entries: tar has more than {budget.limits.max_entries} members")
+            if not member.isfile():
+                continue
+            f = tf.extractfile(member)
+            body = f.read() if f is not None else b""
+            budget.charge(len(body))
+            yield Entry(name=member.name, data=body, filename=member.name)
+    except (tarfile.TarError, OSError, ValueError, EOFError) as exc:
+        raise Undecodable(f"corrupt tar: {exc}") from None
+
+
+# --- runs of encoded bytes inside text ------------------------------------------------
+
+_B64_RUN = re.compile(r"[A-Za-z0-9+/]{16,}={0,2}|[A-Za-z0-9_-]{16,}={0,2}")
+_HEX_RUN = re.compile(r"\b(?:[0-9a-fA-F]{2}){8,}\b")
+_HAS_DIGIT = re.compile(r"\d")
+_PCT = re.compile(r"%[0-9A-Fa-f]{2}")
+
+
+@dataclass
+class Run:
+    """An encoded run found in text: where it starts and the bytes it stands for."""
+
+    offset: int
+    encoding: str  # base64 | hex
+    data: bytes
+
+
+def encoded_runs(text: str, min_len: int) -> Iterator[Run]:
+    """Base64 and hex runs of at least min_len characters, decoded. Runs that are
+    plain words (no digit and no case mix) are skipped: identifiers are not payloads."""
+    for m in _HEX_RUN.finditer(text):
+        s = m.group(0)
+        if len(s) >= min_len:
+            raw = binascii.unhexlify(s)
+            if len(raw) >= 64 or raw.isascii():  # short non-text hex is an id or a hash
+                yield Run(m.start(), "hex", raw)
+    for m in _B64_RUN.finditer(text):
+        s = m.group(0)
+        if len(s) < min_len or _HEX_RUN.fullmatch(s):
+            continue
+        core = s.rstrip("=")
+        if _HAS_DIGIT.search(core) is None and (core.islower() or core.isupper()):
+            continue  # words, paths and identifiers: encoded bytes mix cases or carry digits
+        try:
+            if "-" in core or "_" in core:
+                raw = base64.urlsafe_b64decode(core + "=" * (-len(core) % 4))
+            else:
+                raw = base64.b64decode(core + "=" * (-len(core) % 4))
+        except (binascii.Error, ValueError):
+            continue
+        yield Run(m.start(), "base64", raw)
+
+
+_B64_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/=_-")
+_RUN_SPLIT = str.maketrans({chr(i): " " for i in range(128) if chr(i) not in _B64_CHARS})
+_HEX_CHARS = frozenset("0123456789abcdefABCDEF")
+
+
+def maybe_encoded(text: str, min_len: int) -> bool:
+    """False only when `encoded_runs` would certainly yield nothing: no run of the
+    base64 alphabet that is long enough, carries a digit or mixes case, and is not a
+    short hex id (ObjectIds, UUIDs, hashes). One translate and one split, at C speed."""
+    for r in text.translate(_RUN_SPLIT).split():
+        if len(r) < min_len:
+            continue
+        if _HAS_DIGIT.search(r) is None and (r.islower() or r.isupper()):
+            continue
+        if len(r) < 128 and not len(r) % 2 and _HEX_CHARS.issuperset(r) and not binascii.unhexlify(r).isascii():
+            continue
+        return True
+    return False
+
+
+def has_percent_escapes(text: str) -> bool:
+    return _PCT.search(text) is not None

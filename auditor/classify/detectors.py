@@ -1,0 +1,576 @@
+"""Detectors: what a piece of a body is, with a likelihood and where, never the value.
+
+Cheapest first: magic bytes, then one Aho-Corasick keyword pass that gates every
+credential, canary and report pattern, then the regexes the keywords woke up, then
+personal data and tabular shape. Each returns `DetectorFinding`s whose excerpt is
+redacted: a secret becomes its type and length, data becomes its shape.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import struct
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import ahocorasick
+
+from auditor.model import DetectorFinding
+
+# --- redaction --------------------------------------------------------------------------
+
+
+def mask(value: str, keep: int = 40) -> str:
+    """Shape of a value without the value: letters x, digits 9, punctuation kept."""
+    out = []
+    for ch in value[:keep]:
+        if ch.isalpha():
+            out.append("x")
+        elif ch.isdigit():
+            out.append("9")
+        elif ch.isspace():
+            out.append(" ")
+        else:
+            out.append(ch)
+    return "".join(out) + ("…" if len(value) > keep else "")
+
+
+def secret_excerpt(kind: str, value: str) -> str:
+    """A secret reported by type, length and a 3-character public prefix at most (e.g. `grt`, `AKI`)."""
+    prefix = value[:3] if kind in ("gretel-api-key", "aws-access-key", "github-token", "jwt") else ""
+    return f"[REDACTED {kind}{' ' + prefix + '…' if prefix else ''} len={len(value)}]"
+
+
+_SECRET_RES: list[tuple[str, re.Pattern[str]]] = [
+    ("gretel-api-key", re.compile(r"\bgrt[a-z0-9]{16,}\b", re.I)),
+    ("aws-access-key", re.compile(r"(?<![A-Z0-9])(?:AKIA|ASIA|AGPA|AIDA|AROA|ANPA|AIPA)[A-Z0-9]{16}(?![A-Z0-9])")),
+    ("jwt", re.compile(r"\beyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}")),
+    ("github-token", re.compile(r"\b(?:gh[pousr]_[A-Za-z0-9]{30,}|github_pat_[A-Za-z0-9_]{30,})")),
+    ("slack-token", re.compile(r"\bxox[abposr]-[A-Za-z0-9-]{10,}")),
+    ("private-key", re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY(?: BLOCK)?-----[\s\S]*?(?:-----END [A-Z ]*PRIVATE KEY(?: BLOCK)?-----|$)")),
+    ("azure-account-key", re.compile(r"(?i)(?<=AccountKey=)[A-Za-z0-9+/=]{20,}")),
+    ("url-password", re.compile(r"(?i)(?<=://)[^\s:/@\"']{1,128}:[^\s@/\"']{1,256}(?=@)")),
+]
+
+
+def redact_secrets(text: str) -> str:
+    """Every secret shape in `text` replaced by its redacted form: for queries, paths, excerpts."""
+    for kind, rx in _SECRET_RES:
+        if kind == "gretel-api-key" and "grt" not in text.lower():
+            continue
+        text = rx.sub(lambda m, k=kind: secret_excerpt(k, m.group(0)), text)
+    return text
+
+
+# --- statistics ---------------------------------------------------------------------------
+
+
+def shannon(data: bytes | str) -> float:
+    """Bits per symbol."""
+    if not data:
+        return 0.0
+    n = len(data)
+    return -sum(c / n * math.log2(c / n) for c in Counter(data).values())
+
+
+def _sample(data: bytes, size: int = 1 << 20) -> bytes:
+    """At most `size` bytes, spread across the blob, so statistics stay cheap on big bodies."""
+    if len(data) <= size:
+        return data
+    step = len(data) // 16
+    part = size // 16
+    return b"".join(data[i * step : i * step + part] for i in range(16))
+
+
+def chi_square(data: bytes) -> float:
+    """χ² of the byte histogram against uniform (255 degrees of freedom): ~255 for
+    encrypted or random bytes, far higher for compressed streams and anything else."""
+    n = len(data)
+    if not n:
+        return 0.0
+    expected = n / 256
+    counts = Counter(data)
+    return sum((counts.get(i, 0) - expected) ** 2 / expected for i in range(256))
+
+
+def entropy_finding(data: bytes, path: str, min_size: int = 1024) -> DetectorFinding | None:
+    """A high-entropy blob of no known format: χ² tells encrypted/random from compressed."""
+    if len(data) < min_size:
+        return None
+    sample = _sample(data)
+    h = shannon(sample)
+    if h < 7.2:
+        return None
+    chi = chi_square(sample)
+    # 255 dof: mean 255, sd ~22.6; beyond ~4 sd of uniform we call it compressed
+    looks = "encrypted or random" if chi < 350 else "compressed (unknown format)"
+    return DetectorFinding(
+        detector="entropy",
+        label="high-entropy",
+        likelihood="LIKELY",
+        field_path=path,
+        offset=0,
+        excerpt=f"{len(data)} bytes, entropy {h:.2f} bits/byte, chi2 {chi:.0f}: {looks}",
+    )
+
+
+# --- magic bytes ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Magic:
+    label: str  # model-artifact | training-data | report-artifact
+    what: str
+
+
+def magic(data: bytes) -> Magic | None:
+    """File formats that must never reach the control plane, by their first bytes."""
+    head = data[:16]
+    if head[:4] == b"PAR1":
+        return Magic("training-data", "Parquet file")
+    if head[:6] == b"ARROW1":
+        return Magic("training-data", "Arrow IPC file")
+    if head[:4] == b"Obj\x01":
+        return Magic("training-data", "Avro container")
+    if head[:3] == b"ORC":
+        return Magic("training-data", "ORC file")
+    if head[:4] == b"\xff\xff\xff\xff" and len(data) > 16:
+        (meta_len,) = struct.unpack("<i", data[4:8])
+        if 0 < meta_len < len(data) and data[8:12] != b"\xff\xff\xff\xff":
+            return Magic("training-data", "Arrow IPC stream")
+    if head[:4] == b"GGUF":
+        return Magic("model-artifact", "GGUF model")
+    if head[:4] in (b"ggml", b"ggjt", b"lmgg", b"ggmf"):
+        return Magic("model-artifact", "GGML model")
+    if head[:6] == b"\x93NUMPY":
+        return Magic("model-artifact", "NumPy array")
+    if head[:8] == b"\x89HDF\r\n\x1a\n":
+        return Magic("model-artifact", "HDF5 (Keras) weights")
+    if data[4:8] == b"TFL3":
+        return Magic("model-artifact", "TensorFlow Lite model")
+    if len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5:
+        return Magic("model-artifact", f"Python pickle (protocol {head[1]})")
+    if len(data) >= 10:
+        (n,) = struct.unpack("<Q", data[:8])
+        if 2 <= n <= min(len(data) - 8, 100 << 20) and data[8:9] == b"{":
+            header = data[8 : 8 + min(n, 4096)]
+            if b"dtype" in header and (b"data_offsets" in header or b"__metadata__" in header):
+                return Magic("model-artifact", "safetensors weights")
+    if head[:1] == b"\x08" and len(data) > 32:
+        window = data[:512]
+        if b"onnx" in window.lower() or (b"pytorch" in window and b"\x3a" in window):
+            return Magic("model-artifact", "ONNX model")
+    return None
+
+
+_MODEL_MEMBER = re.compile(r"(^|/)(data\.pkl|version|constants\.pkl|.*\.(pt|pth|bin|ckpt|safetensors|onnx|h5|keras|gguf|pkl|joblib|npy|npz|tflite|mar))$", re.I)
+
+
+def model_archive_members(names: Iterable[str]) -> str | None:
+    """A zip or tar whose member names say "model" (PyTorch archives hold `*/data.pkl`)."""
+    for n in names:
+        if _MODEL_MEMBER.search(n):
+            return n
+    return None
+
+
+# --- the hybrid artifact names ---------------------------------------------------------------------
+
+_ARTIFACT_NAMES: list[tuple[re.Pattern[str], str, str]] = [
+    (re.compile(r"(^|/)model\.tar\.gz$", re.I), "model-artifact", "trained model archive"),
+    (re.compile(r"(^|/)logs\.json\.gz$", re.I), "model-artifact", "model log archive"),
+    (re.compile(r"(^|/)(run_)?report(_json)?\.(json|html)\.gz$", re.I), "report-artifact", "quality/privacy report"),
+    (re.compile(r"(^|/)classification_report[^/]*\.gz$", re.I), "report-artifact", "classification report"),
+    (re.compile(r"(^|/)data_preview\.gz$", re.I), "training-data", "sample data generated in training"),
+    (re.compile(r"(^|/)data\.gz$", re.I), "training-data", "generated data"),
+    (re.compile(r"(^|/)output_files\.tar\.gz$", re.I), "training-data", "run output files"),
+    (re.compile(r"(^|/)gretel_[0-9a-f]{8,}_[^/]+$", re.I), "training-data", "uploaded data source"),
+]
+
+
+def artifact_name(name: str | None) -> tuple[str, str] | None:
+    """The label and meaning of a hybrid artifact file name (`model.tar.gz`, ...)."""
+    if not name:
+        return None
+    bare = name.split("?", 1)[0]
+    for rx, label, what in _ARTIFACT_NAMES:
+        if rx.search(bare):
+            return label, what
+    return None
+
+
+# --- keyword pass and the patterns behind it -------------------------------------------------------
+
+CANARY_PREFIX = "ba-canary-"
+CANARY_RE = re.compile(r"ba-canary-[0-9a-f]{24}")
+
+_REPORT_KEYS = (
+    "synthetic_data_quality_score",
+    "synthetic data quality score",
+    "privacy_protection_level",
+    "privacy protection level",
+    "field_correlation_stability",
+    "deep_structure_stability",
+    "field_distribution_stability",
+    "text_semantic_similarity",
+    "membership_inference_attack",
+    "attribute_inference_attack",
+    "gretel synthetic report",
+    "data privacy score",
+)
+
+_KEYWORDS: dict[str, tuple[str, ...]] = {
+    "grt": ("gretel-api-key",),
+    "akia": ("aws-access-key",),
+    "asia": ("aws-access-key",),
+    "agpa": ("aws-access-key",),
+    "aida": ("aws-access-key",),
+    "aroa": ("aws-access-key",),
+    "anpa": ("aws-access-key",),
+    "aipa": ("aws-access-key",),
+    "secret_access_key": ("aws-secret-key",),
+    "secretaccesskey": ("aws-secret-key",),
+    "aws_secret": ("aws-secret-key",),
+    "service_account": ("gcp-service-account",),
+    "private_key": ("gcp-service-account",),
+    "-----begin": ("private-key",),
+    "accountkey=": ("azure-account-key",),
+    "defaultendpointsprotocol": ("azure-account-key",),
+    "eyj": ("jwt",),
+    "ghp_": ("github-token",),
+    "gho_": ("github-token",),
+    "ghu_": ("github-token",),
+    "ghs_": ("github-token",),
+    "github_pat_": ("github-token",),
+    "xoxb-": ("slack-token",),
+    "xoxp-": ("slack-token",),
+    "xoxa-": ("slack-token",),
+    "://": ("url-password",),
+    "password": ("assignment",),
+    "passwd": ("assignment",),
+    "pwd": ("assignment",),
+    "secret": ("assignment",),
+    "api_key": ("assignment",),
+    "apikey": ("assignment",),
+    "api-key": ("assignment",),
+    "token": ("assignment",),
+    "access_key": ("assignment",),
+    "client_secret": ("assignment",),
+    "credential": ("assignment",),
+    CANARY_PREFIX: ("canary",),
+}
+for _k in _REPORT_KEYS:
+    _KEYWORDS[_k] = ("report",)
+
+
+def _automaton() -> ahocorasick.Automaton:
+    a = ahocorasick.Automaton()
+    for word, detectors in _KEYWORDS.items():
+        a.add_word(word, (word, detectors))
+    a.make_automaton()
+    return a
+
+
+KEYWORDS = _automaton()
+
+
+def keyword_hits(lowered: str) -> dict[str, set[str]]:
+    """One Aho-Corasick pass: detector name -> keywords seen. Empty for most metadata."""
+    hits: dict[str, set[str]] = {}
+    for _end, (word, detectors) in KEYWORDS.iter(lowered):
+        for d in detectors:
+            hits.setdefault(d, set()).add(word)
+    return hits
+
+
+_AWS_SECRET = re.compile(r"(?i)(?:aws_secret_access_key|secret_access_key|secretaccesskey|aws_secret)[\"'\s]*[:=]\s*[\"']?([A-Za-z0-9/+=]{40})(?![A-Za-z0-9/+=])")
+_SA_TYPE = re.compile(r"\"type\"\s*:\s*\"service_account\"")
+_SA_KEY = re.compile(r"\"private_key\"\s*:\s*\"(-----BEGIN[^\"]{20,})\"")
+_ASSIGN = re.compile(
+    r"(?i)\b(password|passwd|pwd|secret|client_secret|api[_-]?key|access[_-]?key|auth[_-]?token|token|credentials?)\b[\"']?\s*[:=]\s*[\"']?([^\s\"',;&}{]{8,})"
+)
+_PLACEHOLDER = re.compile(r"^(\*+|x+|<[^>]*>|\$\{[^}]*\}|\{\{[^}]*\}\}|redacted|changeme|null|none|true|false|\[redacted.*)$", re.I)
+
+
+def _entropy_ok(value: str, min_bits: float) -> bool:
+    return shannon(value) >= min_bits
+
+
+_WINDOWED = 16 * 1024  # past this size, patterns run only around their keywords
+_SPAN: dict[str, tuple[int, int]] = {"private-key": (64, 16384), "gcp-service-account": (8192, 8192)}
+
+
+def _spans(text: str) -> dict[str, list[tuple[int, int]]]:
+    """Merged windows around each keyword, per detector (a second pass, only for big texts)."""
+    raw: dict[str, list[tuple[int, int]]] = {}
+    for end, (word, detectors) in KEYWORDS.iter(text.lower()):
+        for d in detectors:
+            before, after = _SPAN.get(d, (128, 512))
+            raw.setdefault(d, []).append((max(0, end - len(word) - before), end + after))
+    merged: dict[str, list[tuple[int, int]]] = {}
+    for d, spans in raw.items():
+        out: list[tuple[int, int]] = []
+        for a, b in sorted(spans):
+            if out and a <= out[-1][1]:
+                out[-1] = (out[-1][0], max(out[-1][1], b))
+            else:
+                out.append((a, b))
+        merged[d] = out
+    return merged
+
+
+def _finditer(rx: re.Pattern[str], text: str, kind: str, spans: dict[str, list[tuple[int, int]]] | None) -> Iterable[re.Match[str]]:
+    if spans is None:
+        yield from rx.finditer(text)
+        return
+    last = -1
+    for a, b in spans.get(kind, ()):
+        for m in rx.finditer(text, a, b):
+            if m.start() > last:
+                last = m.start()
+                yield m
+
+
+def credential_findings(text: str, hits: dict[str, set[str]], path: str) -> list[DetectorFinding]:
+    """Secrets the keyword pass pointed at, each behind its own pattern and entropy gate."""
+    out: list[DetectorFinding] = []
+    spans = _spans(text) if len(text) > _WINDOWED else None
+
+    def add(kind: str, value: str, offset: int, likelihood: str = "VERY_LIKELY") -> None:
+        out.append(
+            DetectorFinding(
+                detector=f"credential:{kind}",
+                label="credential",
+                likelihood=likelihood,  # type: ignore[arg-type]
+                field_path=path,
+                offset=offset,
+                excerpt=secret_excerpt(kind, value),
+            )
+        )
+
+    for kind, rx in _SECRET_RES:
+        if kind not in hits:
+            continue
+        for m in _finditer(rx, text, kind, spans):
+            value = m.group(0)
+            if kind == "gretel-api-key" and not _entropy_ok(value, 3.0):
+                continue
+            if kind == "azure-account-key" and not _entropy_ok(value, 4.0):
+                continue
+            if kind == "url-password":
+                secret = value.split(":", 1)[1]
+                if _PLACEHOLDER.match(secret):
+                    continue
+            add(kind, value, m.start())
+    if "aws-secret-key" in hits:
+        for m in _finditer(_AWS_SECRET, text, "aws-secret-key", spans):
+            if _entropy_ok(m.group(1), 4.0):
+                add("aws-secret-key", m.group(1), m.start(1))
+    if "gcp-service-account" in hits and _SA_TYPE.search(text):
+        for m in _finditer(_SA_KEY, text, "gcp-service-account", spans):
+            add("gcp-service-account", m.group(1), m.start(1))
+    if "assignment" in hits:
+        taken = {f.offset for f in out}
+        for m in _finditer(_ASSIGN, text, "assignment", spans):
+            value = m.group(2)
+            if m.start(2) in taken or _PLACEHOLDER.match(value) or value.startswith("[REDACTED"):
+                continue
+            if len(value) >= 12 and _entropy_ok(value, 3.0) or len(value) >= 8 and _entropy_ok(value, 3.3):
+                add(f"{m.group(1).lower()}-value", value, m.start(2), "LIKELY")
+    return out
+
+
+def report_finding(hits: dict[str, set[str]], path: str) -> DetectorFinding | None:
+    """Three or more quality/privacy report keys in one place: a report, not a metric in a log."""
+    keys = hits.get("report", set())
+    distinct = {k.replace(" ", "_") for k in keys}
+    if len(distinct) < 3:
+        return None
+    return DetectorFinding(
+        detector="report-keys",
+        label="report-artifact",
+        likelihood="LIKELY",
+        field_path=path,
+        excerpt=f"{len(distinct)} quality/privacy report keys",
+        count=len(distinct),
+    )
+
+
+# --- personal data -------------------------------------------------------------------------------
+
+_DIGIT_RUN = re.compile(r"\d{3}")
+_EMAIL = re.compile(r"[A-Za-z0-9._%+-]{1,64}@[A-Za-z0-9-]{1,63}(?:\.[A-Za-z0-9-]{1,63})*\.[A-Za-z]{2,24}")
+_PHONE = re.compile(r"(?<![\w.+-])(?:\+\d{1,3}[ .-]?)?(?:\(\d{3}\)\s?|\d{3}[ .-])\d{3}[ .-]\d{4}(?![\w-])|(?<![\w+])\+\d{10,14}(?!\w)")
+_CARD = re.compile(r"(?<![\d-])(?:\d[ -]?){12,18}\d(?![\d-])")
+_SSN = re.compile(r"(?<![\d-])(\d{3})-(\d{2})-(\d{4})(?![\d-])")
+_NINO = re.compile(r"\b(?!BG|GB|NK|KN|TN|NT|ZZ)[A-CEGHJ-PR-TW-Z][A-CEGHJ-NPR-TW-Z] ?\d{2} ?\d{2} ?\d{2} ?[A-D]\b")
+_IBAN = re.compile(r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,4})?\b")
+
+
+def luhn(digits: str) -> bool:
+    total = 0
+    for i, ch in enumerate(reversed(digits)):
+        d = ord(ch) - 48
+        if i % 2:
+            d *= 2
+            if d > 9:
+                d -= 9
+        total += d
+    return total % 10 == 0
+
+
+def _ssn_ok(area: str, group: str, serial: str) -> bool:
+    return area not in ("000", "666") and not area.startswith("9") and group != "00" and serial != "0000"
+
+
+def _iban_ok(raw: str) -> bool:
+    s = raw.replace(" ", "")
+    if not 15 <= len(s) <= 34:
+        return False
+    moved = s[4:] + s[:4]
+    try:
+        return int("".join(str(int(c, 36)) for c in moved)) % 97 == 1
+    except ValueError:
+        return False
+
+
+@dataclass
+class PiiHit:
+    kind: str  # email | phone | card | ssn | nino | iban
+    offset: int
+    value: str
+
+
+_NO_DIGITS = str.maketrans("", "", "0123456789")
+_DIGIT_CAND = re.compile(r"(?<!\d)(?!\d{4}-\d\d-\d\d)[+(]?\d[\d ()+.-]{7,24}\d")
+_UPPER_CAND = re.compile(r"\b[A-Z]{2} ?\d{2}[A-Z0-9 ]{4,36}")
+
+
+_SHAPE = str.maketrans({**{c: "0" for c in "0123456789"}, **{c: "A" for c in "ABCDEFGHIJKLMNOPQRSTUVWXYZ"}, " ": "-", ".": "-", "\t": "-"})
+# what every digit-led and upper-case-led pattern below needs, with separators folded to "-"
+_DIGIT_SHAPES = ("000-00-0000", "000-000-0000", "000)000-0000", "000)-000-0000", "0000-0000-0000", "0000-000000-00000", "00000000000", "+0")
+_UPPER_SHAPES = ("AA00", "AA-00", "A000000", "A-00-")
+
+
+def _pii_shapes(text: str) -> tuple[bool, bool]:
+    """Whether digit-led and upper-case-led personal data can be present at all: one
+    C-level translate and a few substring searches, far cheaper than the regexes."""
+    t = text.translate(_SHAPE)
+    return any(s in t for s in _DIGIT_SHAPES), any(s in t for s in _UPPER_SHAPES)
+
+
+def pii_hits(text: str) -> list[PiiHit]:
+    """Personal data shapes with their checks (Luhn for cards, SSA rules for SSNs, mod-97 for IBANs).
+
+    Three cheap passes find candidates (an `@`, a run of digits and separators, an
+    upper-case id); the exact patterns then run on those few short strings only."""
+    out: list[PiiHit] = []
+    at = text.find("@")
+    last = -1
+    while at != -1:
+        lo = max(0, at - 64, last)
+        m = _EMAIL.search(text, lo, at + 256)
+        if m and m.start() <= at < m.end():
+            out.append(PiiHit("email", m.start(), m.group(0)))
+            last = m.end()
+        at = text.find("@", max(at + 1, last))
+    digits, upper = _pii_shapes(text)
+    for c in _DIGIT_CAND.finditer(text) if digits else ():
+        cand = c.group(0)
+        if len(cand) - len(cand.translate(_NO_DIGITS)) < 9:
+            continue  # SSNs have 9 digits, phones 10, cards 13: dates and counts have fewer
+        a, b = max(0, c.start() - 1), min(len(text), c.end() + 1)
+        found: set[int] = set()
+        for m in _SSN.finditer(text, a, b):
+            if _ssn_ok(*m.groups()):
+                out.append(PiiHit("ssn", m.start(), m.group(0)))
+                found.add(m.start())
+        for m in _CARD.finditer(text, a, b):
+            digits = re.sub(r"\D", "", m.group(0))
+            if 13 <= len(digits) <= 19 and len(set(digits)) > 1 and luhn(digits):
+                out.append(PiiHit("card", m.start(), m.group(0)))
+                found.add(m.start())
+        for m in _PHONE.finditer(text, a, b):
+            if m.start() not in found:
+                out.append(PiiHit("phone", m.start(), m.group(0)))
+    for c in _UPPER_CAND.finditer(text) if upper else ():
+        a, b = c.start(), c.end()
+        for m in _NINO.finditer(text, a, min(len(text), b + 1)):
+            out.append(PiiHit("nino", m.start(), m.group(0)))
+        for m in _IBAN.finditer(text, a, min(len(text), b + 1)):
+            if _iban_ok(m.group(0)):
+                out.append(PiiHit("iban", m.start(), m.group(0)))
+    return out
+
+
+# --- tabular shape -------------------------------------------------------------------------------
+
+_DELIMS = (",", "\t", ";", "|")
+
+
+def csv_block(text: str, min_rows: int = 3) -> tuple[int, int, int, str] | None:
+    """The first run of >= min_rows consecutive lines with the same number (>= 2) of one
+    delimiter: (offset, rows, columns, delimiter). Traceback frames do not count."""
+    if text.count("\n") < min_rows - 1:
+        return None
+    offset = 0
+    for delim in _DELIMS:
+        if delim not in text:
+            continue
+        run_start, run_len, run_cols, pos = 0, 0, -1, 0
+        for line in text.split("\n"):
+            stripped = line.strip()
+            cols = stripped.count(delim) if stripped and not stripped.startswith(("File \"", "at ", "Traceback")) else 0
+            if cols >= 2 and cols == run_cols:
+                run_len += 1
+            elif cols >= 2:
+                run_start, run_len, run_cols = pos, 1, cols
+            else:
+                run_len, run_cols = 0, -1
+            if run_len >= min_rows:
+                offset = run_start
+                rows = run_len
+                # extend to the end of the block
+                rest = text[pos + len(line) + 1 :].split("\n")
+                for extra in rest:
+                    if extra.strip().count(delim) == run_cols:
+                        rows += 1
+                    else:
+                        break
+                return offset, rows, run_cols + 1, delim
+            pos += len(line) + 1
+    return None
+
+
+def same_shaped_records(items: list[object], min_rows: int = 3) -> tuple[int, int] | None:
+    """A JSON array of >= min_rows objects with one key set of >= 2 mostly scalar fields: (rows, columns)."""
+    if len(items) < min_rows:
+        return None
+    first = items[0]
+    if not isinstance(first, dict) or len(first) < 2:
+        return None
+    keys = set(first)
+    scalar = 0
+    for it in items[: min(len(items), 50)]:
+        if not isinstance(it, dict) or set(it) != keys:
+            return None
+        scalar += sum(1 for v in it.values() if isinstance(v, (str, int, float, bool)) or v is None)
+    sampled = min(len(items), 50)
+    if scalar < sampled * len(keys) * 0.8:
+        return None
+    return len(items), len(keys)
+
+
+def row_shaped_arrays(items: list[object], min_rows: int = 3) -> tuple[int, int] | None:
+    """A JSON array of >= min_rows arrays of one length >= 2 with scalar cells: (rows, columns)."""
+    if len(items) < min_rows or not isinstance(items[0], list) or len(items[0]) < 2:
+        return None
+    width = len(items[0])
+    for it in items[: min(len(items), 50)]:
+        if not isinstance(it, list) or len(it) != width:
+            return None
+        if not all(isinstance(v, (str, int, float, bool)) or v is None for v in it):
+            return None
+    return len(items), width

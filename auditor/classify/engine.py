@@ -1,0 +1,626 @@
+"""classify(): one body in, one PayloadInfo out, within the limits, never an exception.
+
+Order of work: the route (forbidden, unrecognised, query), the content codings, then
+the body by what it is (archive, compressed, magic, multipart, form, JSON, NDJSON,
+YAML, text), validated against its route model when it has one. Whole-part gates (one
+keyword pass, one encoded-run search) decide which per-field detectors run, so plain
+metadata costs one parse, one validation and two C-level scans.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import re
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import unquote, unquote_plus
+
+import orjson
+import yaml
+
+from auditor.classify import detectors as det
+from auditor.classify import routes as rt
+from auditor.classify.canary import CanarySet, mask_token
+from auditor.classify.decode import (
+    Budget,
+    LimitExceeded,
+    Limits,
+    Undecodable,
+    as_text,
+    compression_of,
+    decode_content,
+    decompress,
+    encoded_runs,
+    form,
+    has_percent_escapes,
+    maybe_encoded,
+    is_tar,
+    is_zip,
+    media_type,
+    multipart,
+    tar_entries,
+    zip_entries,
+)
+from auditor.classify.fingerprint import FingerprintSet, candidates
+from auditor.classify.fingerprint import match as fp_match
+from auditor.model import DetectorFinding, PayloadInfo
+
+VIOLATION_LABELS = frozenset(
+    {
+        "training-data",
+        "fingerprint-match",
+        "canary",
+        "model-artifact",
+        "report-artifact",
+        "credential",
+        "pii",
+        "extra-field",
+        "runner-mode",
+        "inline-data-source",
+        "plaintext-credentials",
+        "forbidden-route",
+        "high-entropy",
+    }
+)
+
+
+@dataclass
+class ClassifyContext:
+    """What a site knows that the classifier cannot guess: its data's fingerprints and canaries."""
+
+    fingerprints: FingerprintSet | None = None
+    canaries: CanarySet | None = None
+
+
+_JSON_START = re.compile(rb"^\s*[\[{]")
+_SHORT_FIELD = 256  # a "name" longer than this is treated as free text
+_MAX_FINDINGS = 200
+
+
+@dataclass
+class _Gate:
+    hits: dict[str, set[str]]
+    runs: bool
+
+
+@dataclass
+class _Run:
+    limits: Limits
+    budget: Budget
+    ctx: ClassifyContext
+    findings: list[DetectorFinding] = field(default_factory=list)
+    kinds: set[str] = field(default_factory=set)
+    tokens: list[tuple[str, set[str]]] = field(default_factory=list)  # (path, candidate cells)
+    pii: list[tuple[str, det.PiiHit]] = field(default_factory=list)
+    schema_ok: bool = True
+    model_run: bool = False  # PATCH /projects/models?type=run: uid and status are the run's
+    quiet: bool = False  # strings proven clean by the raw-text checks (see _quiet)
+
+    def add(self, f: DetectorFinding) -> None:
+        # a key, a file name or a path segment can itself be a secret
+        if f.field_path:
+            f.field_path = det.redact_secrets(f.field_path)
+        if f.excerpt and not f.excerpt.startswith("[REDACTED"):
+            f.excerpt = det.redact_secrets(f.excerpt)
+        for old in self.findings:
+            if old.detector == f.detector and old.field_path == f.field_path and old.label == f.label:
+                old.count += f.count
+                return
+        if len(self.findings) < _MAX_FINDINGS:
+            self.findings.append(f)
+
+    def finding(self, detector: str, label: str, path: str | None, excerpt: str, likelihood: str = "VERY_LIKELY", offset: int | None = None, count: int = 1) -> None:
+        self.add(DetectorFinding(detector=detector, label=label, likelihood=likelihood, field_path=path, offset=offset, excerpt=excerpt, count=count))  # type: ignore[arg-type]
+
+    # --- per-text detectors -------------------------------------------------------------
+
+    def gate(self, text: str) -> _Gate:
+        return _Gate(hits=det.keyword_hits(text.lower()), runs=maybe_encoded(text, self.limits.min_embedded))
+
+    def keyworded(self, text: str, path: str, gate: _Gate, *, whole: bool) -> None:
+        """Credentials, canaries and report keys in one string (the gate said some may be there)."""
+        hits = gate.hits if whole else det.keyword_hits(text.lower())
+        if not hits:
+            return
+        for f in det.credential_findings(text, hits, path):
+            self.add(f)
+        if "canary" in hits:
+            known = self.ctx.canaries.tokens if self.ctx.canaries else frozenset()
+            for m in det.CANARY_RE.finditer(text.lower()):
+                tok = m.group(0)
+                if tok in known:
+                    self.finding("canary", "canary", path, f"known canary {mask_token(tok)}", "VERY_LIKELY", m.start())
+                else:
+                    self.finding("canary", "canary", path, f"canary-shaped token {mask_token(tok)} (not in the loaded list)", "LIKELY", m.start())
+        if whole:
+            rep = det.report_finding(hits, path)
+            if rep:
+                self.add(rep)
+
+    def free_text(self, text: str, path: str, depth: int) -> None:
+        """What only free text gets: personal data, CSV blocks, JSON records inside a string."""
+        self.budget.tick()
+        for hit in det.pii_hits(text):
+            self.pii.append((path, hit))
+        block = det.csv_block(text)
+        if block:
+            off, rows, cols, delim = block
+            self.finding("tabular:csv", "training-data", path, f"{rows} delimited rows x {cols} columns ({delim!r}), values redacted", "LIKELY", off, rows)
+        stripped = text.lstrip()
+        if stripped[:1] in ("{", "[") and len(stripped) > 2:
+            try:
+                doc = orjson.loads(stripped)
+            except orjson.JSONDecodeError:
+                return
+            if isinstance(doc, (dict, list)):
+                self.walk(doc, f"{path}<json>", None, depth, free=True, opaque=False, config=False, gate=self.gate(stripped), level=0)
+
+    def leaf(self, s: str, path: str, depth: int, gate: _Gate, *, free: bool, opaque: bool, key: str | None = None) -> None:
+        self.budget.node()
+        if self.quiet:
+            return
+        if gate.hits:
+            # the key travels with the value: `secret_access_key: …` is what the patterns know
+            self.keyworded(f"{key}: {s}" if key else s, path, gate, whole=False)
+        if self.ctx.fingerprints is not None and not opaque:
+            self.tokens.append((path, candidates(s)))
+        if len(s) >= self.limits.min_embedded and gate.runs and not opaque and maybe_encoded(s, self.limits.min_embedded):
+            self.embedded(s, path, depth)
+        if "%" in s and has_percent_escapes(s):
+            self.budget.depth(depth + 1, "URL encoding")
+            dec = unquote_plus(s)
+            self.text(dec, f"{path}<url>", depth + 1, free=True)
+        if (free or len(s) > _SHORT_FIELD) and not opaque:
+            self.free_text(s, path, depth)
+
+    def embedded(self, s: str, path: str, depth: int) -> None:
+        """Base64 and hex runs: decoded and inspected one layer deeper."""
+        for run in encoded_runs(s, self.limits.min_embedded):
+            self.budget.tick()
+            data = run.data
+            sub = f"{path}<{run.encoding}@{run.offset}>"
+            meaningful = det.magic(data) is not None or compression_of(data) is not None or is_zip(data) or is_tar(data)
+            text = None if meaningful else as_text(data)
+            if text is not None and (len(text) < 8 or not any(c.isalpha() for c in text)):
+                text = None
+            if meaningful:
+                self.budget.depth(depth + 1, f"{run.encoding} inside {path}")
+                self.budget.charge(len(data))
+                self.blob(data, sub, depth + 1, None, None)
+            elif text is not None:
+                self.budget.depth(depth + 1, f"{run.encoding} inside {path}")
+                self.budget.charge(len(data))
+                self.text(text, sub, depth + 1, free=True)
+            else:
+                f = det.entropy_finding(data, sub)
+                if f:
+                    self.add(f)
+
+    def text(self, text: str, path: str, depth: int, *, free: bool) -> None:
+        """A whole text part (a body, a decoded run): every detector."""
+        gate = self.gate(text)
+        stripped = text.lstrip()
+        if stripped[:1] in ("{", "["):
+            doc = _json_or_none(stripped)
+            if doc is not None:
+                self.json_doc(doc, stripped, path, depth, None)
+                return
+            lines = _ndjson_or_none(stripped, self.budget)
+            if lines is not None:
+                self.json_doc(lines, stripped, path, depth, None)
+                return
+        if gate.hits:
+            self.keyworded(text, path, gate, whole=True)
+        if self.ctx.fingerprints is not None:
+            self.tokens.append((path, candidates(text)))
+        if gate.runs and len(text) >= self.limits.min_embedded:
+            self.embedded(text, path, depth)
+        if has_percent_escapes(text) and "=" in text:
+            self.budget.depth(depth + 1, "URL encoding")
+            self.text(unquote_plus(text), f"{path}<url>", depth + 1, free=True)
+        if free:
+            self.free_text(text, path, depth)
+
+    # --- structured documents ---------------------------------------------------------------
+
+    def json_doc(self, doc: Any, raw: str, path: str, depth: int, model: type[rt.Body] | None, *, raw_json: bool = False) -> None:
+        if "\\" in raw:
+            # escapes (\\u0040, \\/) would hide keywords from a pass over the raw text:
+            # gate on the parsed strings, re-serialised without them
+            raw = _unescaped(doc, raw)
+        gate = self.gate(raw)
+        if gate.hits:
+            rep = det.report_finding(gate.hits, path)
+            if rep:
+                self.add(rep)
+        if model is not None:
+            errors = rt.validate(model, doc)
+            if errors:
+                self.schema_ok = False
+                for e in errors:
+                    self.finding("schema", "extra-field", path, f"does not fit the route schema: {det.redact_secrets(e)}", "LIKELY")
+        quiet = raw_json and self._quiet(raw, gate)
+        self.quiet = quiet
+        try:
+            self.walk(doc, path, model, depth, free=model is None, opaque=False, config=False, gate=gate, level=0)
+        finally:
+            self.quiet = False
+
+    def _quiet(self, raw: str, gate: _Gate) -> bool:
+        """True when no string in this JSON text can hold what a per-string detector finds,
+        proven on the raw text at C speed: no keyword, no escape of any kind (so the raw text
+        is exactly the strings' text: no hidden `\\u0040`, no newlines inside strings, no JSON
+        inside strings), no string opening with a bracket, no percent escape, no encoded run,
+        no personal data. Then the walk checks structure only (extra fields, kinds,
+        runner_mode, data_source, record arrays): the common status and log body."""
+        return (
+            not gate.hits
+            and self.ctx.fingerprints is None
+            and "\\" not in raw
+            and '"[' not in raw
+            and '"{' not in raw
+            and not has_percent_escapes(raw)
+            and not gate.runs
+            and not det.pii_hits(raw)
+        )
+
+    def walk(self, value: Any, path: str, model: type[rt.Body] | None, depth: int, *, free: bool, opaque: bool, config: bool, gate: _Gate, level: int, key: str | None = None) -> None:
+        self.value(value, path, model, depth, free, opaque, config, gate, level, key)
+
+    def value(self, value: Any, path: str, model: type[rt.Body] | None, depth: int, free: bool, opaque: bool, config: bool, gate: _Gate, level: int, key: str | None) -> None:
+        """One JSON/YAML value: containers recurse, strings are leaves (positional args: hot path)."""
+        if value.__class__ is str:
+            if config and "\n" in value and len(value) > 64 and value.lstrip()[:1] not in ("{", "["):
+                free = True  # multi-line strings in configs get the free-text detectors
+            self.leaf(value, path, depth, gate, free=free, opaque=opaque, key=key)
+            return
+        if not isinstance(value, (dict, list)):
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and self.ctx.fingerprints is not None:
+                self.tokens.append((path, {str(value)}))
+            return
+        if level > self.limits.max_structure_depth:
+            raise LimitExceeded(f"structure-depth: JSON/YAML nested deeper than {self.limits.max_structure_depth} levels")
+        budget = self.budget
+        budget.nodes += len(value) + 1
+        if budget.nodes > self.limits.max_nodes:
+            budget.node(0)
+        if not (budget.nodes & 1023):
+            budget.tick()
+        child = self.value
+        if isinstance(value, dict):
+            specs = rt.specs(model) if model is not None else None
+            for k, v in value.items():
+                key = str(k)
+                sub = f"{path}.{key}"
+                if gate.hits and v.__class__ is not str:
+                    self.keyworded(key, sub, gate, whole=False)
+                if key == "runner_mode" or key == "runner_modes":
+                    self.runner_mode(v, sub)
+                if specs is not None:
+                    spec = specs.get(key)
+                    if spec is None:
+                        self.extra(key, v, sub, model)
+                        child(v, sub, None, depth, True, False, False, gate, level + 1, key)
+                        continue
+                    if v is not None:
+                        self.kinds.update(spec.kinds)
+                    if spec.config:
+                        self.config(v, sub, depth, gate, level + 1)
+                        continue
+                    child(v, sub, spec.model, depth, spec.free_text or free, spec.opaque, False, gate, level + 1, key)
+                else:
+                    if config and key in rt.DATA_SOURCE_KEYS:
+                        self.data_source(v, sub)
+                    child(v, sub, None, depth, free or key in rt.FREE_TEXT_FIELDS, opaque, config, gate, level + 1, key)
+            return
+        if (free or model is None) and not config and not opaque:
+            shape = det.same_shaped_records(value) or det.row_shaped_arrays(value)
+            if shape:
+                rows, cols = shape
+                self.finding("tabular:records", "training-data", path, f"{rows} same-shaped records x {cols} fields, values redacted", "LIKELY", None, rows)
+        for i, v in enumerate(value):
+            child(v, f"{path}[{i}]", model, depth, free, opaque, config, gate, level + 1, key)
+
+    def config(self, value: Any, path: str, depth: int, gate: _Gate, level: int) -> None:
+        """An open config tree (model or workflow config, YAML text or object)."""
+        if isinstance(value, str):
+            self.budget.tick()
+            if len(value) > self.limits.max_yaml_bytes:
+                raise LimitExceeded(f"yaml-size: config text over {self.limits.max_yaml_bytes} bytes")
+            doc = _yaml_or_none(value)
+            if isinstance(doc, (dict, list)):
+                self.walk(doc, f"{path}<yaml>", None, depth, free=False, opaque=False, config=True, gate=self.gate(value), level=level)
+                return
+        self.walk(value, path, None, depth, free=False, opaque=False, config=True, gate=gate, level=level)
+
+    def extra(self, key: str, value: Any, path: str, model: type[rt.Body] | None) -> None:
+        if key == "credentials" and model is rt.Connection:
+            self.finding("schema", "plaintext-credentials", path, "connection credentials sent in the clear (only encrypted_credentials is allowed)")
+            return
+        self.finding("schema", "extra-field", path, f"field {det.redact_secrets(key)!r} is not part of the route schema", "LIKELY")
+
+    def runner_mode(self, value: Any, path: str) -> None:
+        values = value if isinstance(value, list) else str(value).split(",") if value is not None else []
+        for v in values:
+            if str(v).strip().lower() != "hybrid":
+                self.finding("schema", "runner-mode", path, f"runner_mode {det.mask(str(v), 16) if len(str(v)) > 16 else str(v)!r}, not 'hybrid'")
+                return
+
+    def data_source(self, value: Any, path: str) -> None:
+        if rt.data_source_ok(value):
+            return
+        if isinstance(value, list):
+            shape = f"list of {len(value)} {type(value[0]).__name__ if value else 'item'}s"
+        elif isinstance(value, dict):
+            shape = f"object with {len(value)} fields"
+        elif isinstance(value, str):
+            shape = f"string of {len(value)} characters over {value.count(chr(10)) + 1} lines"
+        else:
+            shape = type(value).__name__
+        self.finding("schema", "inline-data-source", path, f"data_source holds inline data ({shape}), not a storage URI or file name")
+
+    # --- bytes ------------------------------------------------------------------------------
+
+    def blob(self, data: bytes, path: str, depth: int, content_type: str | None, name: str | None, model: type[rt.Body] | None = None, logs: str = "json") -> None:
+        self.budget.tick()
+        if name:
+            art = det.artifact_name(name)
+            if art:
+                self.finding("artifact-name", art[0], path, f"{art[1]} ({name.rsplit('/', 1)[-1]})")
+        mg = det.magic(data)
+        if mg:
+            self.finding("magic", mg.label, path, mg.what, "VERY_LIKELY", 0)
+            return
+        if is_zip(data):
+            self.archive(data, path, depth, "zip")
+            return
+        if is_tar(data):
+            self.archive(data, path, depth, "tar")
+            return
+        comp = compression_of(data)
+        if comp and not (comp == "deflate" and as_text(data) is not None):
+            self.budget.depth(depth + 1, comp)
+            inner = decompress(data, comp, self.budget)
+            inner_name = name[: -len(".gz")] if name and name.lower().endswith(".gz") else None
+            self.blob(inner, f"{path}|{comp}", depth + 1, None, inner_name)
+            return
+        mt, params = media_type(content_type)
+        if mt.startswith("multipart/"):
+            boundary = params.get("boundary")
+            if not boundary:
+                raise Undecodable("multipart body without a boundary parameter")
+            for i, part in enumerate(multipart(data, boundary, self.budget)):
+                label = part.name or str(i)
+                if part.filename:
+                    art = det.artifact_name(part.filename)
+                    if art:
+                        self.finding("artifact-name", art[0], f"{path}[{label}]", f"{art[1]} ({part.filename.rsplit('/', 1)[-1]})")
+                self.blob(part.data, f"{path}[{label}]", depth, part.content_type, None)
+            return
+        text = as_text(data)
+        if text is None:
+            f = det.entropy_finding(data, path)
+            if f:
+                self.add(f)
+            return
+        if mt == "application/x-www-form-urlencoded":
+            fields = form(text, self.budget)
+            doc = {k: v[0] if len(v) == 1 else v for k, v in fields.items()}
+            self.json_doc(doc, unquote(text), path, depth, model)
+            return
+        if mt in ("application/yaml", "application/x-yaml", "text/yaml", "text/x-yaml"):
+            if len(text) > self.limits.max_yaml_bytes:
+                raise LimitExceeded(f"yaml-size: YAML body over {self.limits.max_yaml_bytes} bytes")
+            doc = _yaml_or_none(text)
+            if isinstance(doc, (dict, list)):
+                self.json_doc(doc, text, path, depth, model)
+                return
+        if _JSON_START.match(data):
+            doc = _json_or_none(text)
+            if doc is None:
+                doc = _ndjson_or_none(text, self.budget)
+            if doc is not None:
+                if model is not None and logs != "json":
+                    doc = _as_batch(doc)
+                self.json_doc(doc, text, path, depth, model, raw_json=True)
+                return
+        if model is not None:
+            self.schema_ok = False
+            self.finding("schema", "extra-field", path, "body is not JSON, the route carries a JSON object", "LIKELY")
+        self.text(text, path, depth, free=True)
+
+    def archive(self, data: bytes, path: str, depth: int, kind: str) -> None:
+        self.budget.depth(depth + 1, kind)
+        entries = list(zip_entries(data, self.budget) if kind == "zip" else tar_entries(data, self.budget))
+        model_member = det.model_archive_members(e.name for e in entries)
+        what = f"{kind} archive of {len(entries)} files" + (f" with model member {model_member.rsplit('/', 1)[-1]!r}" if model_member else "")
+        self.finding("magic", "model-artifact", path, what, "VERY_LIKELY" if model_member else "LIKELY", 0)
+        for e in entries:
+            self.blob(e.data, f"{path}/{e.name}", depth + 1, None, e.name)
+
+    # --- at the end ----------------------------------------------------------------------------
+
+    def finish(self) -> None:
+        if self.pii:
+            self.finish_pii()
+        if self.ctx.fingerprints is not None and self.tokens:
+            m = fp_match(self.ctx.fingerprints, self.tokens)
+            if m:
+                src = self.ctx.fingerprints.header.source
+                self.finding("fingerprint", "fingerprint-match", m.path, f"{m.rows} rows of {src} ({m.cells} fingerprinted cells)", "VERY_LIKELY", None, m.rows)
+                self.finding("fingerprint", "training-data", m.path, f"{m.rows} rows of {src}", "VERY_LIKELY", None, m.rows)
+
+    def finish_pii(self) -> None:
+        by_kind: dict[str, list[tuple[str, det.PiiHit]]] = {}
+        for path, hit in self.pii:
+            by_kind.setdefault(hit.kind, []).append((path, hit))
+        total = len(self.pii)
+        table = total >= self.limits.pii_table_min
+        for kind, hits in sorted(by_kind.items()):
+            path, first = hits[0]
+            strong = kind in ("card", "ssn", "iban", "nino")
+            like = "LIKELY" if table or strong else "POSSIBLE"
+            self.finding(f"pii:{kind}", "pii", path, f"{len(hits)} {kind} value(s), e.g. {det.mask(first.value, 24)}", like, first.offset, len(hits))
+        if table:
+            path, first = self.pii[0]
+            self.finding("pii:count", "training-data", path, f"{total} personal-data values: a table, not an error message", "LIKELY", first.offset, total)
+
+
+def _unescaped(doc: Any, raw: str) -> str:
+    """The document as JSON text whose strings carry their characters, not escapes."""
+    try:
+        return orjson.dumps(doc).decode()
+    except (TypeError, orjson.JSONEncodeError):
+        return raw
+
+
+def _json_or_none(text: str) -> Any:
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError as exc:
+        if "recursion" in str(exc).lower() or "depth" in str(exc).lower():
+            raise LimitExceeded("structure-depth: JSON nested deeper than the parser allows") from None
+        return None
+
+
+def _ndjson_or_none(text: str, budget: Budget) -> list[Any] | None:
+    lines = [ln for ln in text.splitlines() if ln.strip()]
+    if len(lines) < 2:
+        return None
+    out = []
+    for ln in lines:
+        budget.tick()
+        doc = _json_or_none(ln)
+        if doc is None:
+            return None
+        out.append(doc)
+    return out
+
+
+def _yaml_or_none(text: str) -> Any:
+    try:
+        return yaml.safe_load(text)
+    except RecursionError:
+        raise LimitExceeded("structure-depth: YAML nested deeper than the parser allows") from None
+    except yaml.YAMLError:
+        return None
+
+
+def _as_batch(doc: Any) -> Any:
+    """Log routes accept one line, a JSON array of lines or NDJSON: all become {"logs": [...]}."""
+    if isinstance(doc, list):
+        return {"logs": doc}
+    if isinstance(doc, dict) and "logs" not in doc and "msg" in doc:
+        return {"logs": [doc]}
+    return doc
+
+
+_RUN_KINDS = {"model-id": "model-run-id", "model-status": "model-run-status"}
+
+
+def _route_checks(run: _Run, method: str | None, path: str | None, host: str | None, route: rt.Route | None, gretel: bool) -> None:
+    if route is not None:
+        run.kinds.update(route.kinds)
+        if route.forbidden:
+            run.finding("route", "forbidden-route", None, f"{route.name}: the Cloud upload path, forbidden in hybrid mode")
+    elif gretel and method:
+        bare = (path or "/").split("?", 1)[0]
+        run.finding("route", "unrecognised-route", None, f"{method.upper()} {det.redact_secrets(bare)} is not a known Gretel API route", "LIKELY")
+    if path is None:
+        return
+    bare = path.split("?", 1)[0]
+    if method and method.upper() in ("PUT", "POST", "PATCH"):
+        art = det.artifact_name(unquote(bare))
+        if art:
+            run.finding("artifact-name", art[0], "url.path", f"{art[1]} ({unquote(bare).rsplit('/', 1)[-1]})")
+    decoded_path = unquote(bare)
+    gate = run.gate(decoded_path)
+    if gate.hits:
+        run.keyworded(decoded_path, "url.path", gate, whole=False)
+    query = rt.query_of(path)
+    for k, v in query:
+        sub = f"query.{k}"
+        if k in ("runner_mode", "runner_modes"):
+            run.runner_mode(v, sub)
+        run.leaf(v, sub, 0, run.gate(v), free=len(v) > 64, opaque=False)
+    if route is not None and route.template == "/projects/models" and dict(query).get("type") == "run":
+        run.model_run = True
+
+
+@functools.lru_cache(maxsize=4096)
+def _route_facts(method: str | None, path: str | None, host: str | None, gretel: bool, limits: Limits) -> tuple[tuple[DetectorFinding, ...], frozenset[str], bool]:
+    """What the method and URL alone say, cached: agents poll the same URLs all day.
+    Only used without a site context (fingerprints and canary lists read the query too)."""
+    run = _Run(limits=limits, budget=Budget(limits), ctx=ClassifyContext())
+    route = rt.match(method, path, host) if gretel else None
+    _route_checks(run, method, path, host, route, gretel)
+    return tuple(run.findings), frozenset(run.kinds), run.model_run
+
+
+def classify(
+    body: bytes,
+    *,
+    method: str | None = None,
+    path: str | None = None,
+    host: str | None = None,
+    content_type: str | None = None,
+    content_encoding: str | None = None,
+    limits: Limits | None = None,
+    context: ClassifyContext | None = None,
+) -> PayloadInfo:
+    """Judge one request body against its route and every detector. Never raises.
+
+    `host` None means "judge by route alone" (a file on the command line); a host that
+    is not a Gretel API host gets the detectors but no route schema."""
+    lim = limits or Limits()
+    run = _Run(limits=lim, budget=Budget(lim), ctx=context or ClassifyContext())
+    info = PayloadInfo(sha256=hashlib.sha256(body).hexdigest(), size=len(body), inspected=True)
+    gretel = host is None or rt.is_gretel_host(host)
+    route = rt.match(method, path, host) if gretel else None
+    info.route = route.name if route else None
+    try:
+        if run.ctx.fingerprints is None and run.ctx.canaries is None:
+            findings, kinds, model_run = _route_facts(method, path, host, gretel, lim)
+            run.findings.extend(f.model_copy() for f in findings)
+            run.kinds.update(kinds)
+            run.model_run = model_run
+        else:
+            _route_checks(run, method, path, host, route, gretel)
+        if body:
+            model = route.body if route else None
+            if route is not None and route.body is None:
+                run.schema_ok = False
+                run.finding("schema", "extra-field", "body", f"{route.name} carries no body, this one has {len(body)} bytes", "LIKELY")
+            layers = [e for e in (content_encoding or "").split(",") if e.strip() and e.strip().lower() != "identity"]
+            data = decode_content(body, content_encoding, run.budget)
+            run.budget.charge(len(data))
+            run.blob(data, "body", len(layers), content_type, None, model, route.logs if route else "json")
+        run.finish()
+    except LimitExceeded as exc:
+        _uninspectable(run, info, exc.reason)
+    except Undecodable as exc:
+        _uninspectable(run, info, f"undecodable: {exc}")
+    except (RecursionError, MemoryError) as exc:
+        _uninspectable(run, info, f"structure-depth: {type(exc).__name__}")
+    except Exception as exc:  # a sensor must never crash on a body: record what broke instead
+        _uninspectable(run, info, f"classifier-error: {type(exc).__name__}: {det.redact_secrets(str(exc))[:200]}")
+    info.findings = run.findings
+    labels = {f.label for f in run.findings}
+    if not info.inspected:
+        labels.add("uninspectable")
+    if route is not None and not route.forbidden and run.schema_ok and info.inspected and not labels & VIOLATION_LABELS:
+        labels.add("metadata")
+    info.labels = sorted(labels)
+    kinds = {_RUN_KINDS.get(k, k) for k in run.kinds} if run.model_run else run.kinds
+    info.metadata_kinds = [k for k in rt.KINDS if k in kinds]
+    return info
+
+
+def _uninspectable(run: _Run, info: PayloadInfo, reason: str) -> None:
+    info.inspected = False
+    info.not_inspected_reason = reason
+    try:
+        run.finish()
+    except Exception as exc:  # what was found before the limit stays; say what was lost
+        info.not_inspected_reason = f"{reason}; end-of-body detectors failed: {type(exc).__name__}"

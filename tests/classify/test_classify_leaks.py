@@ -1,0 +1,368 @@
+"""The leak corpus: every way the issue lists for data to slip out, each caught with
+the right label, the evidence redacted, and the limits turning bombs into
+`uninspectable` rather than exceptions or memory."""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import io
+import json
+import os
+import struct
+import tarfile
+import tracemalloc
+import zipfile
+from pathlib import Path
+from urllib.parse import quote
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from auditor.classify import ClassifyContext, IncrementalScanner, Limits, classify, load_context
+from auditor.classify.canary import make as make_canaries
+from auditor.classify.fingerprint import build
+from auditor.model import PayloadInfo
+
+HOST = "api.gretel.cloud"
+UID = "64f1c0ffee0ddba11c0ffee1"
+GRETEL_KEY = "grtu" + "8f3a2b9c4d5e6f708192a3b4c5d6e7f8091a2b3c4d5e6f70"
+ROWS = [
+    {"name": "Alice Smith", "email": "alice.smith@example.com", "city": "Springfield", "account": "ACC-99812345"},
+    {"name": "Bob Jones", "email": "bob.jones@example.org", "city": "Shelbyville", "account": "ACC-77712345"},
+    {"name": "Carol White", "email": "carol.w@example.net", "city": "Ogdenville", "account": "ACC-55512345"},
+    {"name": "Dan Brown", "email": "dan.b@example.net", "city": "North Haverbrook", "account": "ACC-33312345"},
+]
+
+
+def _status(**extra: object) -> bytes:
+    return json.dumps({"uid": UID, "status": "error", **extra}).encode()
+
+
+def _labels(info: PayloadInfo) -> set[str]:
+    return set(info.labels)
+
+
+def _clean_json(info: PayloadInfo, *secrets: str) -> None:
+    dumped = info.model_dump_json()
+    for s in secrets:
+        assert s not in dumped
+
+
+def test_csv_rows_in_a_log_msg() -> None:
+    csv_text = "name,email,city\n" + "".join(f"{r['name']},{r['email']},{r['city']}\n" for r in ROWS)
+    line = {"ts": "2024-01-01T00:00:00Z", "msg": f"could not parse batch:\n{csv_text}", "seq": 9, "stage": "train"}
+    info = classify(json.dumps(line).encode(), method="POST", path=f"/projects/models/logs?uid={UID}&type=train", host=HOST, content_type="application/json")
+    assert "training-data" in _labels(info)
+    f = next(f for f in info.findings if f.detector == "tabular:csv")
+    assert f.field_path == "body.logs[0].msg" if f.field_path.startswith("body.logs") else f.field_path == "body.msg"
+    assert "metadata" not in info.labels
+    _clean_json(info, "alice.smith@example.com", "Alice Smith")
+
+
+def test_gzipped_json_records_in_a_status_update() -> None:
+    blob = base64.b64encode(gzip.compress(json.dumps(ROWS).encode())).decode()
+    info = classify(_status(error_msg=f"failed batch {blob}"), method="PATCH", path=f"/projects/models?uid={UID}&type=train", host=HOST)
+    assert "training-data" in _labels(info)
+    assert any("|gzip" in (f.field_path or "") for f in info.findings)
+    # and the same records as the gzip-encoded body itself
+    info = classify(gzip.compress(json.dumps(ROWS).encode()), method="PATCH", path=f"/projects/models?uid={UID}&type=train", host=HOST, content_encoding="gzip")
+    assert {"training-data", "extra-field"} <= _labels(info)
+
+
+def _parquet() -> bytes:
+    buf = io.BytesIO()
+    pq.write_table(pa.Table.from_pylist(ROWS), buf)
+    return buf.getvalue()
+
+
+def test_base64_parquet_in_ctx() -> None:
+    line = {"ts": "2024-01-01T00:00:00Z", "msg": "sample", "ctx": {"preview": base64.b64encode(_parquet()).decode()}, "stage": "train"}
+    info = classify(json.dumps(line).encode(), method="POST", path=f"/projects/models/logs?uid={UID}", host=HOST)
+    f = next(f for f in info.findings if f.detector == "magic")
+    assert f.label == "training-data" and "Parquet" in (f.excerpt or "")
+    assert f.field_path and f.field_path.startswith("body.logs[0].ctx.preview<base64")
+
+
+def _model_tar_gz() -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tf:
+        for name, data in (("model/config.json", b'{"epochs": 10}'), ("model/model.pt", os.urandom(2048))):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+    return gzip.compress(buf.getvalue())
+
+
+def test_model_tar_gz_in_a_put() -> None:
+    info = classify(_model_tar_gz(), method="PUT", path="/projects/proj_1/models/m_1/model.tar.gz", host=HOST, content_type="application/octet-stream")
+    assert {"model-artifact", "unrecognised-route"} <= _labels(info)
+    assert any(f.detector == "artifact-name" for f in info.findings)
+    assert any(f.detector == "magic" and "model.pt" in (f.excerpt or "") for f in info.findings)
+    # the bytes alone, without the telling name, are still an artifact
+    info = classify(_model_tar_gz(), method="PUT", path="/upload/blob", host="storage.example.com")
+    assert "model-artifact" in _labels(info)
+
+
+def _safetensors() -> bytes:
+    header = json.dumps({"w": {"dtype": "F32", "shape": [16, 16], "data_offsets": [0, 1024]}, "__metadata__": {"format": "pt"}}).encode()
+    return struct.pack("<Q", len(header)) + header + os.urandom(1024)
+
+
+def test_safetensors_blob() -> None:
+    info = classify(_safetensors(), method="POST", path="/projects/proj_1/models", host=HOST, content_type="application/octet-stream")
+    assert "model-artifact" in _labels(info)
+    info = classify(_status(error_msg=base64.b64encode(_safetensors()).decode()), method="PATCH", path="/projects/models", host=HOST)
+    assert "model-artifact" in _labels(info)
+
+
+def test_plaintext_credentials_and_secrets_are_redacted() -> None:
+    secret = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYzq8Lw3kPq9"
+    body = {"project_id": "p", "name": "crm", "type": "s3", "credentials": {"access_key_id": "AKIAQ3EGUSR7NXYZT2KF", "secret_access_key": secret}}
+    info = classify(json.dumps(body).encode(), method="POST", path="/v1/connections", host=HOST)
+    assert {"plaintext-credentials", "credential"} <= _labels(info)
+    _clean_json(info, secret, "AKIAQ3EGUSR7NXYZT2KF")
+    info = classify(_status(traceback=f"requests.exceptions.HTTPError: 401 for key {GRETEL_KEY}"), method="PATCH", path="/projects/models", host=HOST)
+    assert "credential" in _labels(info)
+    _clean_json(info, GRETEL_KEY, GRETEL_KEY[4:20])
+    info = classify(b"", method="GET", path=f"/v2/secret/{GRETEL_KEY}", host=HOST)
+    _clean_json(info, GRETEL_KEY)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "-----BEGIN RSA PRIVATE KEY-----\nMIIEowIBAAKCAQEAr9x2fQ7h1k3x0lmTq0\n-----END RSA PRIVATE KEY-----",
+        "auth eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.dozjgNryP4J3jVmNHl0w5N_XgL0n3I9PpPRcsUQnGWo failed",
+        "DefaultEndpointsProtocol=https;AccountName=acme;AccountKey=Zm9vYmFyYmF6cXV4cXV1eGNvcmdlZ3JhdWx0Z2FycGx5d2FsZG8=;EndpointSuffix=core.windows.net",
+        'connect to postgresql://etl:S3cr3t-p4ssw0rd@db.internal:5432/crm failed',
+        '{"type": "service_account", "project_id": "p", "private_key": "-----BEGIN PRIVATE KEY-----\\nMIIEvQIBADANBgkqhkiG9w0BAQEFAASC\\n-----END PRIVATE KEY-----\\n"}',
+    ],
+)
+def test_credential_shapes(text: str) -> None:
+    info = classify(_status(error_msg=text), method="PATCH", path="/projects/models", host=HOST)
+    assert "credential" in _labels(info), info.findings
+
+
+def test_canary_in_a_url_encoded_query(tmp_path: Path) -> None:
+    made = make_canaries(3, "csv", tmp_path / "c.csv", None)
+    token = made.tokens.read_text().splitlines()[2]
+    ctx = load_context(canaries=made.tokens)
+    path = "/v1/workflows?note=" + quote(f"record {token.upper()} seen", safe="")
+    info = classify(json.dumps({"name": "w", "project_id": "p", "runner_mode": "hybrid"}).encode(), method="POST", path=path, host=HOST, context=ctx)
+    f = next(f for f in info.findings if f.label == "canary")
+    assert f.likelihood == "VERY_LIKELY" and f.field_path == "query.note"
+    # a form body too, and without the list the shape still counts
+    info = classify(f"a=1&b={quote(token)}".encode(), method="POST", path="/v1/other", host=HOST, content_type="application/x-www-form-urlencoded")
+    assert "canary" in _labels(info)
+
+
+def test_fingerprinted_rows_with_changed_case_and_whitespace(tmp_path: Path) -> None:
+    data = tmp_path / "train.csv"
+    data.write_text("name,email,city,account\n" + "".join(f"{r['name']},{r['email']},{r['city']},{r['account']}\n" for r in ROWS))
+    key = tmp_path / "K"
+    key.write_bytes(os.urandom(32))
+    build(data, tmp_path / "d.fp", key)
+    raw = (tmp_path / "d.fp").read_bytes()
+    for r in ROWS:
+        for v in r.values():
+            assert v.encode() not in raw and v.lower().encode() not in raw
+    ctx = load_context(fingerprints=tmp_path / "d.fp", key_file=key)
+    msg = "rejected:  CAROL   WHITE |  ogdenville \n  dan.B@EXAMPLE.net ; ACC-33312345"
+    info = classify(_status(error_msg=msg), method="PATCH", path="/projects/models", host=HOST, context=ctx)
+    f = next(f for f in info.findings if f.label == "fingerprint-match")
+    assert f.count == 2 and f.field_path == "body.error_msg"
+    assert "training-data" in _labels(info)
+    # inside base64 and JSON escaping as well
+    blob = base64.b64encode(json.dumps({"n": "bob JONES", "c": "SHELBYVILLE"}).encode()).decode()
+    info = classify(_status(error_msg=blob), method="PATCH", path="/projects/models", host=HOST, context=ctx)
+    assert "fingerprint-match" in _labels(info)
+    # one cell alone is not a row
+    info = classify(_status(error_msg="city was Springfield"), method="PATCH", path="/projects/models", host=HOST, context=ctx)
+    assert "fingerprint-match" not in _labels(info)
+
+
+def test_zip_bomb_is_uninspectable_with_bounded_memory() -> None:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("data.csv", b"0" * (64 << 20))
+    bomb = buf.getvalue()
+    tracemalloc.start()
+    try:
+        info = classify(bomb, method="PUT", path="/projects/p/artifacts/x", host=HOST)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert "uninspectable" in info.labels and not info.inspected
+    assert info.not_inspected_reason and info.not_inspected_reason.startswith(("inflation-ratio", "decoded-size"))
+    assert peak < 48 << 20
+
+
+def test_gzip_bomb_as_content_encoding() -> None:
+    info = classify(gzip.compress(b"\0" * (40 << 20)), method="PATCH", path="/projects/models", host=HOST, content_encoding="gzip")
+    assert not info.inspected and info.not_inspected_reason.startswith("inflation-ratio")
+
+
+def test_deep_nesting_bombs() -> None:
+    info = classify(b"[" * 200_000 + b"]" * 200_000, method="PATCH", path="/projects/models", host=HOST)
+    assert "uninspectable" in info.labels and info.not_inspected_reason.startswith("structure-depth")
+    inner = b'{"a": 1, "msg": "x"}'
+    for _ in range(6):
+        inner = json.dumps({"msg": base64.b64encode(inner).decode()}).encode()
+    info = classify(inner, method="PATCH", path="/projects/models", host=HOST)
+    assert not info.inspected and info.not_inspected_reason.startswith("nesting-depth")
+    body = b'{"uid": "x", "status": "ok"}'
+    for _ in range(5):
+        body = gzip.compress(body)
+    info = classify(body, method="PATCH", path="/projects/models", host=HOST, content_encoding=", ".join(["gzip"] * 5))
+    assert not info.inspected and info.not_inspected_reason.startswith("nesting-depth")
+    yaml_bomb = "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(f"{c}: &{c} [*{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}]\n" for p, c in zip("abcdefgh", "bcdefghi"))
+    info = classify(json.dumps({"name": "w", "config_text": yaml_bomb}).encode(), method="POST", path="/v1/workflows", host=HOST)
+    assert not info.inspected and info.not_inspected_reason.startswith("node-count")
+
+
+def test_archive_entry_cap() -> None:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for i in range(1_001):
+            zf.writestr(f"f{i}.txt", b"x")
+    info = classify(buf.getvalue(), method="PUT", path="/x", host="storage.example.com")
+    assert not info.inspected and info.not_inspected_reason.startswith("archive-entries")
+
+
+def test_time_budget() -> None:
+    body = json.dumps({"uid": "x", "status": "s", "error_msg": "a,b,c\n" * 50_000}).encode()
+    info = classify(body, method="PATCH", path="/projects/models", host=HOST, limits=Limits(time_budget_s=0.000_001))
+    assert not info.inspected and info.not_inspected_reason.startswith("time-budget")
+
+
+@pytest.mark.parametrize(
+    "body,path,label",
+    [
+        (b"", "/projects/p_1/artifacts", "forbidden-route"),
+        (json.dumps({"name": "p", "runner_mode": "cloud"}).encode(), "/projects", "runner-mode"),
+        (b"", "/jobs/receive_one?project_ids=a&runner_modes=hybrid,cloud", "runner-mode"),
+        (json.dumps({"models": [{"actgan": {"data_source": [{"name": "Alice", "ssn": "123-45-6789"}, {"name": "Bob", "ssn": "234-56-7890"}]}}]}).encode(), "/projects/p/models?runner_mode=hybrid", "inline-data-source"),
+        (json.dumps({"models": [{"actgan": {"data_source": "name,ssn\nAlice,123-45-6789\nBob,234-56-7890\n"}}]}).encode(), "/projects/p/models?runner_mode=cloud", "inline-data-source"),
+        (json.dumps({"name": "p", "owner_notes": "x"}).encode(), "/projects", "extra-field"),
+        (b"", "/v2/telemetry", "unrecognised-route"),
+    ],
+)
+def test_route_violations(body: bytes, path: str, label: str) -> None:
+    method = "GET" if path == "/v2/telemetry" else "POST"
+    info = classify(body, method=method, path=path, host=HOST)
+    assert label in _labels(info)
+    assert "metadata" not in info.labels
+    if label == "unrecognised-route":
+        assert info.inspected
+
+
+def test_report_pii_table_and_entropy() -> None:
+    report = {"synthetic_data_quality_score": {"score": 88}, "field_correlation_stability": {"score": 90}, "deep_structure_stability": {"score": 85}, "privacy_protection_level": 4}
+    info = classify(gzip.compress(json.dumps(report).encode()), method="PUT", path="/upload/report_json.json.gz", host="storage.example.com")
+    assert "report-artifact" in _labels(info)
+    people = "; ".join(f"{r['email']} 555-201-{i:04d}" for i, r in enumerate(ROWS))
+    info = classify(_status(error_msg=f"cannot dedupe {people}"), method="PATCH", path="/projects/models", host=HOST)
+    assert {"pii", "training-data"} <= _labels(info)
+    _clean_json(info, "alice.smith@example.com")
+    info = classify(_status(error_msg="card 4111 1111 1111 1111 declined"), method="PATCH", path="/projects/models", host=HOST)
+    assert "pii" in _labels(info)
+    info = classify(_status(error_msg="card 4111 1111 1111 1112 declined"), method="PATCH", path="/projects/models", host=HOST)
+    assert "pii" not in _labels(info)
+    info = classify(os.urandom(8192), method="POST", path="/v2/blob", host=HOST, content_type="application/octet-stream")
+    f = next(f for f in info.findings if f.label == "high-entropy")
+    assert "encrypted or random" in (f.excerpt or "")
+
+
+def test_incremental_scanner_streams_with_bounded_memory() -> None:
+    token = "ba-canary-" + "ab" * 12
+    scanner = IncrementalScanner(method="PATCH", path="/projects/models", host=HOST, content_type="application/json", whole_cap=1024)
+    tracemalloc.start()
+    try:
+        line = b'{"ts":"t","msg":"ok","seq":1}\n'
+        for i in range(20_000):
+            scanner.feed(line if i != 12_345 else f'{{"msg":"{token} {GRETEL_KEY}"}}\n'.encode())
+        info = scanner.finish()
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert {"canary", "credential", "uninspectable"} <= set(info.labels)
+    assert not info.inspected and info.not_inspected_reason.startswith("over-inspect-cap")
+    assert info.size == 20_000 * len(line) - len(line) + len(f'{{"msg":"{token} {GRETEL_KEY}"}}\n')
+    assert peak < 8 << 20
+    _clean_json(info, GRETEL_KEY)
+    small = IncrementalScanner(method="PATCH", path="/projects/models", host=HOST)
+    small.feed(b'{"uid": "x", ')
+    small.feed(b'"status": "active"}')
+    assert small.finish().labels == ["metadata"]
+
+
+def test_incremental_scanner_gzip_stream_and_bomb() -> None:
+    body = gzip.compress(b"name,email,city\n" + b"".join(f"{r['name']},{r['email']},{r['city']}\n".encode() for r in ROWS) * 200)
+    s = IncrementalScanner(method="PUT", path="/x", host="storage.example.com", content_encoding="gzip", whole_cap=0)
+    for i in range(0, len(body), 100):
+        s.feed(body[i : i + 100])
+    info = s.finish()
+    assert "training-data" in info.labels
+    bomb = gzip.compress(b"\0" * (30 << 20))
+    s = IncrementalScanner(method="PUT", path="/x", host="storage.example.com", content_encoding="gzip", whole_cap=0)
+    for i in range(0, len(bomb), 4096):
+        s.feed(bomb[i : i + 4096])
+    info = s.finish()
+    assert info.not_inspected_reason and info.not_inspected_reason.startswith("inflation-ratio")
+
+
+def test_context_defaults_are_empty() -> None:
+    assert ClassifyContext().fingerprints is None
+
+
+@pytest.mark.parametrize(
+    "text,kind",
+    [
+        ("call +1 (555) 201-3344", "phone"),
+        ("555 201-3344", "phone"),
+        ("555.201 3344", "phone"),
+        ("+447911123456", "phone"),
+        ("ssn 123-45-6789", "ssn"),
+        ("amex 3782 822463 10005", "card"),
+        ("4111-1111-1111-1111", "card"),
+        ("4111111111111111", "card"),
+        ("AB123456C", "nino"),
+        ("AB 12 34 56 C", "nino"),
+        ("GB82 WEST 1234 5698 7654 32", "iban"),
+        ("a.person@example.co.uk", "email"),
+    ],
+)
+def test_pii_shapes(text: str, kind: str) -> None:
+    from auditor.classify.detectors import pii_hits
+
+    assert kind in {h.kind for h in pii_hits(text)}
+
+
+@pytest.mark.parametrize("text", ["2024-02-01T10:00:05.123456Z", "epoch 12 of 100, loss 0.4213", "4111 1111 1111 1112", "000-00-0000", "uid 64f1c0ffee0ddba11c0ffee1"])
+def test_pii_non_matches(text: str) -> None:
+    from auditor.classify.detectors import pii_hits
+
+    assert pii_hits(text) == []
+
+
+def test_escaped_json_cannot_hide_from_the_quiet_path() -> None:
+    # \u0040 is "@": the raw text has no "@", the parsed strings do
+    people = ", ".join(f"p{i}\\u0040example.com" for i in range(4))
+    body = ('{"uid": "x", "status": "error", "error_msg": "' + people + '"}').encode()
+    info = classify(body, method="PATCH", path="/projects/models", host=HOST)
+    assert {"pii", "training-data"} <= set(info.labels)
+    token = "ba-canary-" + "cd" * 12
+    escaped = "".join(f"\\u{ord(c):04x}" for c in token)
+    info = classify(('{"uid": "x", "status": "' + escaped + '"}').encode(), method="PATCH", path="/projects/models", host=HOST)
+    assert "canary" in info.labels
+
+
+def test_secrets_in_keys_and_names_are_redacted_too() -> None:
+    body = json.dumps({"uid": "x", "status": "s", GRETEL_KEY: "v"}).encode()
+    info = classify(body, method="PATCH", path="/projects/models", host=HOST)
+    assert "extra-field" in info.labels and "credential" in info.labels
+    _clean_json(info, GRETEL_KEY)
+    info = classify(b"x", method="PUT", path=f"/upload/{GRETEL_KEY}/model.tar.gz", host=HOST)
+    _clean_json(info, GRETEL_KEY)
