@@ -81,8 +81,31 @@ def open_store(url: str, *, create: bool = True) -> Store:
     if url.startswith(("postgresql://", "postgres://")):
         from auditor.store.postgres import PostgresStore  # noqa: PLC0415 - optional backend
 
-        return PostgresStore(url)
+        return PostgresStore(url, create=create)
     from auditor.store.sqlite import SqliteStore  # noqa: PLC0415
 
     path = url.removeprefix("sqlite:///") if url.startswith("sqlite:///") else url
     return SqliteStore(path, create=create)
+
+
+def redact_url(url: str) -> str:
+    """A store URL fit to print or record: the password (in the authority or a
+    `password=` parameter) becomes `***`; a file path is returned as it is."""
+    from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit  # noqa: PLC0415
+
+    if "://" not in url or url.startswith("sqlite:"):
+        return url
+    parts = urlsplit(url)
+    netloc = parts.netloc
+    if "@" in netloc:
+        userinfo, _, hostport = netloc.rpartition("@")
+        if ":" in userinfo:
+            userinfo = userinfo.split(":", 1)[0] + ":***"
+        netloc = f"{userinfo}@{hostport}"
+    query = parts.query
+    if query:
+        pairs = parse_qsl(query, keep_blank_values=True)
+        query = urlencode([(k, "***" if k.lower() == "password" else v) for k, v in pairs], safe="/*")
+    if netloc:
+        return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+    return f"{parts.scheme}://{parts.path}" + (f"?{query}" if query else "") + (f"#{parts.fragment}" if parts.fragment else "")

@@ -3,13 +3,22 @@
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from auditor.errors import AuditorError
 from auditor.model import EgressEvent, Finding
 from auditor.store.base import ChainHead, VerifyResult
 from auditor.store.chain import json_doc, link
+from auditor.store.retention import (
+    RETENTION_SENSOR,
+    RemovedPrefix,
+    RetentionResult,
+    RetentionStatement,
+    resume_points,
+    statement_event,
+)
 from auditor.store.verify import verify_links
 
 SCHEMA_VERSION = 1
@@ -36,9 +45,11 @@ CREATE TABLE IF NOT EXISTS checkpoints (
 );
 CREATE TRIGGER IF NOT EXISTS records_no_update BEFORE UPDATE ON records
 BEGIN SELECT RAISE(ABORT, 'evidence is append-only'); END;
-CREATE TRIGGER IF NOT EXISTS records_no_delete BEFORE DELETE ON records
-BEGIN SELECT RAISE(ABORT, 'evidence is append-only'); END;
 """
+# retention lifts this guard inside its own transaction and puts it back before committing
+_NO_DELETE_TRIGGER = """CREATE TRIGGER IF NOT EXISTS records_no_delete BEFORE DELETE ON records
+BEGIN SELECT RAISE(ABORT, 'evidence is append-only'); END"""
+_SCHEMA += _NO_DELETE_TRIGGER + ";\n"
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -86,27 +97,32 @@ class SqliteStore:
         db = self._db
         db.execute("BEGIN IMMEDIATE")
         try:
-            sensors = {r[0] for r in records}
-            heads: dict[str, tuple[int, str]] = {}
-            for sensor_id in sensors:
-                row = db.execute(
-                    "SELECT head_seq, head_hash FROM checkpoints WHERE sensor_id = ?", (sensor_id,)
-                ).fetchone()
-                if row:
-                    heads[sensor_id] = (row[0], row[1])
-            before = {s: heads.get(s, (0, ""))[0] for s in sensors}
-            links = link(records, heads)
-            db.executemany("INSERT INTO records VALUES (?, ?, ?, ?, ?, ?, ?, ?)", [lk.row() for lk in links])
-            db.executemany(
-                "INSERT INTO checkpoints(sensor_id, count, head_seq, head_hash) VALUES (?, ?, ?, ?) "
-                "ON CONFLICT(sensor_id) DO UPDATE SET count = excluded.count, head_seq = excluded.head_seq, "
-                "head_hash = excluded.head_hash",
-                [(s, heads[s][0], heads[s][0], heads[s][1]) for s in sensors if heads[s][0] != before[s]],
-            )
+            self._append_tx(records)
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
             raise
+
+    def _append_tx(self, records: list) -> None:
+        """Chain and insert inside the caller's write transaction."""
+        db = self._db
+        sensors = {r[0] for r in records}
+        heads: dict[str, tuple[int, str]] = {}
+        for sensor_id in sensors:
+            row = db.execute(
+                "SELECT head_seq, head_hash FROM checkpoints WHERE sensor_id = ?", (sensor_id,)
+            ).fetchone()
+            if row:
+                heads[sensor_id] = (row[0], row[1])
+        before = {s: heads.get(s, (0, ""))[0] for s in sensors}
+        links = link(records, heads)
+        db.executemany("INSERT INTO records VALUES (?, ?, ?, ?, ?, ?, ?, ?)", [lk.row() for lk in links])
+        db.executemany(
+            "INSERT INTO checkpoints(sensor_id, count, head_seq, head_hash) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT(sensor_id) DO UPDATE SET count = excluded.count, head_seq = excluded.head_seq, "
+            "head_hash = excluded.head_hash",
+            [(s, heads[s][0], heads[s][0], heads[s][1]) for s in sensors if heads[s][0] != before[s]],
+        )
 
     def events(self, since: datetime | None = None, until: datetime | None = None) -> Iterator[EgressEvent]:
         lo = time_us(since) if since else -(2**62)
@@ -150,14 +166,122 @@ class SqliteStore:
         return [ChainHead(sensor_id=r[0], count=r[1], head_seq=r[2], head_hash=r[3]) for r in rows]
 
     def verify(self) -> VerifyResult:
-        checkpoints = {
-            r[0]: (r[1], r[2], r[3])
-            for r in self._db.execute("SELECT sensor_id, count, head_seq, head_hash FROM checkpoints")
-        }
-        rows = self._db.execute(
-            "SELECT sensor_id, seq, record_id, body, prev_hash, hash FROM records ORDER BY sensor_id, seq"
+        """One read transaction (a WAL snapshot): checkpoints and rows agree while sensors write."""
+        self._db.execute("BEGIN")
+        try:
+            checkpoints = self.raw_checkpoints()
+            rows = self._db.execute(
+                "SELECT sensor_id, seq, record_id, body, prev_hash, hash FROM records ORDER BY sensor_id, seq"
+            )
+            return verify_links(rows, checkpoints, self._resume_points())
+        finally:
+            self._db.execute("COMMIT")
+
+    def _resume_points(self) -> dict[str, tuple[int, str]]:
+        rows = self._db.execute("SELECT body FROM records WHERE sensor_id = ? ORDER BY seq", (RETENTION_SENSOR,))
+        return resume_points(body for (body,) in rows)
+
+    # --- maintenance: schema, copy, retention (see retention.py) ---------------------------
+
+    def schema_version(self) -> int:
+        row = self._db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+        return int(row[0]) if row else 0
+
+    def migrate(self) -> list[int]:
+        """Version 1 is the only SQLite schema so far: nothing to apply."""
+        return []
+
+    def raw_checkpoints(self) -> dict[str, tuple[int, int, str]]:
+        rows = self._db.execute("SELECT sensor_id, count, head_seq, head_hash FROM checkpoints")
+        return {r[0]: (int(r[1]), int(r[2]), r[3]) for r in rows}
+
+    def raw_records(self) -> Iterator[tuple[str, int, str, str, int, bytes, str, str]]:
+        """Every stored row as it is, by sensor then seq."""
+        yield from self._db.execute(
+            "SELECT sensor_id, seq, kind, record_id, time_us, body, prev_hash, hash FROM records ORDER BY sensor_id, seq"
         )
-        return verify_links(rows, checkpoints)
+
+    def load_raw(
+        self, rows: Iterable[tuple[str, int, str, str, int, bytes, str, str]], checkpoints: dict[str, tuple[int, int, str]]
+    ) -> int:
+        """Write chains exactly as another store holds them, in one transaction; refuses
+        a chain this store already has. Returns the rows written."""
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            have = set(self.raw_checkpoints())
+            clash = sorted(have & set(checkpoints))
+            if clash:
+                raise AuditorError(
+                    f"{self.url} already holds chains {', '.join(clash)}",
+                    fix="copy into an empty store, or one without these sensors",
+                )
+            written = 0
+            batch: list[tuple[str, int, str, str, int, bytes, str, str]] = []
+            for row in rows:
+                batch.append(row)
+                if len(batch) >= 5_000:
+                    db.executemany("INSERT INTO records VALUES (?, ?, ?, ?, ?, ?, ?, ?)", batch)
+                    written += len(batch)
+                    batch = []
+            db.executemany("INSERT INTO records VALUES (?, ?, ?, ?, ?, ?, ?, ?)", batch)
+            written += len(batch)
+            db.executemany(
+                "INSERT INTO checkpoints(sensor_id, count, head_seq, head_hash) VALUES (?, ?, ?, ?)",
+                [(s, *c) for s, c in checkpoints.items()],
+            )
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        return written
+
+    def retain(self, before: datetime) -> RetentionResult:
+        """Remove each chain's prefix older than `before` and chain what was removed, in one
+        transaction. The delete guard is lifted and restored inside that transaction."""
+        cutoff = time_us(before)
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            resume = self._resume_points()
+            chains: dict[str, RemovedPrefix] = {}
+            rows = db.execute(
+                "SELECT c.sensor_id, c.head_seq, (SELECT min(r.seq) FROM records r WHERE r.sensor_id = c.sensor_id "
+                "AND r.time_us >= ?) FROM checkpoints c WHERE c.sensor_id <> ? ORDER BY c.sensor_id",
+                (cutoff, RETENTION_SENSOR),
+            ).fetchall()
+            db.execute("DROP TRIGGER records_no_delete")
+            for sensor_id, head_seq, first_kept in rows:
+                after = resume.get(sensor_id, (0, ""))[0]
+                through = int(first_kept) - 1 if first_kept is not None else int(head_seq)
+                if through <= after:
+                    continue
+                found = db.execute(
+                    "SELECT hash FROM records WHERE sensor_id = ? AND seq = ?", (sensor_id, through)
+                ).fetchone()
+                if found is None:
+                    raise AuditorError(
+                        f"{self.url}: chain {sensor_id} has no record #{through} to retain up to",
+                        fix="run `auditor verify --store` first: the chain is already broken",
+                    )
+                gone = db.execute(
+                    "DELETE FROM records WHERE sensor_id = ? AND seq > ? AND seq <= ?", (sensor_id, after, through)
+                ).rowcount
+                chains[sensor_id] = RemovedPrefix(through_seq=through, last_hash=found[0], removed=gone)
+            db.execute(_NO_DELETE_TRIGGER)
+            seq: int | None = None
+            if chains:
+                now = datetime.now(UTC)
+                event = statement_event(RetentionStatement(before=before, chains=chains), now)
+                self._append_tx([(RETENTION_SENSOR, "event", event.id, time_us(now), json_doc(event))])
+                seq = int(db.execute("SELECT head_seq FROM checkpoints WHERE sensor_id = ?", (RETENTION_SENSOR,)).fetchone()[0])
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        return RetentionResult(
+            before=before, removed=sum(c.removed for c in chains.values()), chains=chains, partitions_dropped=[], record_seq=seq
+        )
 
     def close(self) -> None:
         self._db.close()
