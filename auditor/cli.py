@@ -25,6 +25,8 @@ app = typer.Typer(
 )
 rules_app = typer.Typer(help="Rule packs: validate, show, explain.", no_args_is_help=True)
 app.add_typer(rules_app, name="rules")
+store_app = typer.Typer(help="Evidence store: migrate, copy between SQLite and PostgreSQL, retain.", no_args_is_help=True)
+app.add_typer(store_app, name="store")
 
 console = Console()
 err = Console(stderr=True, soft_wrap=True)  # one-line errors stay one line
@@ -175,7 +177,7 @@ def verify(
 
         outcome = verify_bundle(bundle, key)
         for line in outcome.lines:
-            console.print(line, highlight=False)
+            console.print(line, highlight=False, markup=False, soft_wrap=True)
         if not outcome.ok:
             raise typer.Exit(1)
     if store is not None:
@@ -214,10 +216,11 @@ def rules_show(
 ) -> None:
     """What is allowed, to whom, how, and which line of the contract says so."""
     from auditor.rules import load_pack
-    from auditor.rules.explain import forbidden_table, kinds_table, pack_table, rules_table
+    from auditor.rules.explain import contract_table, forbidden_table, kinds_table, pack_table, rules_table
 
     loaded = load_pack(pack, overlay or [])
     console.print(pack_table(loaded))
+    console.print(contract_table(loaded))
     console.print(kinds_table(loaded))
     console.print(forbidden_table(loaded))
     if all_rules:
@@ -236,13 +239,13 @@ def rules_explain(
 ) -> None:
     """Which rule decides HOST[:PORT] and why; exit 0 allowed, 1 violation, 2 unverified."""
     from auditor.rules import load_pack
-    from auditor.rules.explain import explain, explain_exit_code, explanation_renderable
+    from auditor.rules.explain import explain, explain_exit_code, explanation_renderable, explanations_json
 
     explanations = explain(load_pack(pack, overlay or []), target, method=method, path=path, scope=scope)
-    for ex in explanations:
-        if as_json:
-            console.print_json(ex.model_dump_json())
-        else:
+    if as_json:
+        console.print_json(explanations_json(explanations))
+    else:
+        for ex in explanations:
             console.print(explanation_renderable(ex), highlight=False)
     raise typer.Exit(explain_exit_code(explanations))
 
@@ -285,10 +288,10 @@ def report(
         pack_path=str(pack) if pack else None, overlays=[str(o) for o in overlay or []],
     )
     for kind, path in outcome.files.items():
-        console.print(f"{kind:7} {path}", highlight=False, markup=False)
+        console.print(f"{kind:7} {path}", highlight=False, markup=False, soft_wrap=True)
     colour = {"PASS": "green", "FAIL": "red", "INCONCLUSIVE": "yellow"}[outcome.status]
     console.print(f"[{colour}]{outcome.status}[/]: ", end="")
-    console.print(f"{outcome.reason} ({outcome.findings} findings)", highlight=False, markup=False)
+    console.print(f"{outcome.reason} ({outcome.findings} findings in all)", highlight=False, markup=False, soft_wrap=True)
     raise typer.Exit(outcome.exit_code)
 
 
@@ -348,6 +351,248 @@ def canary_cmd(
     else:
         err.print(f"wrote {result.records} canary records to {out}", highlight=False, markup=False)
     err.print(f"token list: {result.tokens}", highlight=False, markup=False)
+
+
+proxy_app = typer.Typer(help="The proxy sensor (mitmproxy): record and judge every request; `proxy ca` makes its CA.", invoke_without_command=True)
+app.add_typer(proxy_app, name="proxy")
+ConfdirOpt = Annotated[Path, typer.Option("--confdir", help="Where the proxy CA lives (mitmproxy's confdir).")]
+
+
+@proxy_app.callback()
+def proxy(
+    ctx: typer.Context,
+    store: Annotated[Optional[str], typer.Option("--store", "-s", help="Evidence store: a SQLite file path or a postgresql:// URL.")] = None,
+    listen: Annotated[str, typer.Option("--listen", help="HOST:PORT to listen on.")] = "127.0.0.1:8080",
+    mode: Annotated[str, typer.Option("--mode", help="audit (record only) or enforce (refuse violations).")] = "audit",
+    pack: PackOpt = None,
+    overlay: OverlayOpt = None,
+    upstream_ca: Annotated[Optional[Path], typer.Option("--upstream-ca", help="Also trust this CA for upstream servers.")] = None,
+    connect_to: Annotated[Optional[list[str]], typer.Option("--connect-to", help="HOST:PORT:ADDR:PORT, curl's semantics; repeatable.")] = None,
+    passthrough: Annotated[Optional[list[str]], typer.Option("--passthrough", help="Host (SNI) whose TLS is not opened; repeatable.")] = None,
+    inspect_cap: Annotated[int, typer.Option("--inspect-cap", help="Bodies up to this many bytes are classified whole.")] = 1024 * 1024,
+    confdir: ConfdirOpt = Path("~/.auditor/proxy"),
+    sensor_id: Annotated[Optional[str], typer.Option("--sensor-id", help="Sensor id (starts with 'proxy').")] = None,
+    inventory: Annotated[Optional[Path], typer.Option("--inventory", help="Kubernetes inventory snapshot (auditor k8s snapshot) naming the pods.")] = None,
+    kubernetes: Annotated[bool, typer.Option("--kubernetes", help="Watch pods and nodes live to name them (in-cluster or kubeconfig).")] = False,
+    fingerprints: Annotated[Optional[Path], typer.Option("--fingerprints", help="Dataset fingerprints to look for (auditor fingerprint).")] = None,
+    key_file: Annotated[Optional[Path], typer.Option("--key-file", help="The key the fingerprints were made with.")] = None,
+    canaries: Annotated[Optional[Path], typer.Option("--canaries", help="Canary token list to look for (auditor canary).")] = None,
+) -> None:
+    """Run the proxy until SIGINT/SIGTERM; the store is flushed and a stop record chained on exit."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from auditor.proxy.runner import ProxyConfig, run_proxy
+    from auditor.store.base import redact_url
+
+    if store is None:
+        raise AuditorError("no evidence store", fix="pass --store FILE.db or a postgresql:// URL")
+    if mode not in ("audit", "enforce"):
+        raise AuditorError(f"--mode {mode!r} is not audit or enforce", fix="pass --mode audit or --mode enforce")
+    config = ProxyConfig.from_cli(
+        listen, store=store, mode=mode, pack=pack, overlays=overlay or [], upstream_ca=upstream_ca,
+        connect_to=connect_to or [], passthrough=passthrough or [], inspect_cap=inspect_cap, confdir=confdir,
+        sensor_id=sensor_id, inventory=inventory, kubernetes=kubernetes, fingerprints=fingerprints, key_file=key_file,
+        canaries=canaries,
+    )
+    addon = run_proxy(config, on_ready=lambda host, port: err.print(f"proxy listening on {host}:{port} ({mode} mode), evidence to {redact_url(store)}", highlight=False, markup=False))
+    counts = ", ".join(f"{n} {k}" for k, n in addon.counts.items())
+    err.print(f"proxy stopped: {counts}", highlight=False, markup=False)
+
+
+@proxy_app.command("ca")
+def proxy_ca(confdir: ConfdirOpt = Path("~/.auditor/proxy")) -> None:
+    """Create the proxy CA (key mode 0600) unless it exists, and print the certificate for the pods."""
+    from auditor.proxy.ca import ensure_ca
+
+    ca = ensure_ca(confdir)
+    err.print(
+        f"{'created' if ca.created else 'using'} CA {ca.subject} (sha256 {ca.sha256}, valid until {ca.not_after}); "
+        f"key {ca.key_and_cert} (0600), certificate {ca.cert}. Give the certificate to the pods "
+        "(Gretel's chart: gretelConfig.caOverride).",
+        highlight=False, markup=False,
+    )
+    sys.stdout.write(ca.pem)
+
+
+@store_app.command("migrate")
+def store_migrate(store: StoreOpt) -> None:
+    """Bring the store's schema to this auditor's version (creates an empty store's schema)."""
+    from auditor.store.ops import migrate_store
+
+    result = migrate_store(store)
+    done = f"applied {', '.join(map(str, result.applied))}" if result.applied else "up to date"
+    console.print(f"{result.store}: schema version {result.before} -> {result.after} ({done})", highlight=False, soft_wrap=True)
+
+
+@store_app.command("copy")
+def store_copy(
+    source: Annotated[str, typer.Argument(help="Store to copy from: a SQLite path or a postgresql:// URL.")],
+    destination: Annotated[str, typer.Argument(help="Store to copy into (created if empty; must not hold the same chains).")],
+) -> None:
+    """Copy every chain byte for byte, then verify the copy against the source's chain heads."""
+    from auditor.store.ops import copy_store
+
+    result = copy_store(source, destination)
+    for head in result.chains:
+        console.print(f"chain {head.sensor_id}: {head.count} records, head #{head.head_seq} {head.head_hash[:16]}…", highlight=False, soft_wrap=True)
+    console.print(f"[green]OK[/] copied {result.records} records from {result.source} to {result.destination}; the copy verifies", highlight=False, soft_wrap=True)
+
+
+@store_app.command("retain")
+def store_retain(
+    store: StoreOpt,
+    before: Annotated[datetime, typer.Option("--before", help="Remove records older than this (UTC).", formats=["%Y-%m-%dT%H:%M:%S%z", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d"])],
+) -> None:
+    """Remove each chain's records older than --before and chain what was removed, so verify still passes."""
+    from auditor.store.ops import retain_store
+
+    result = retain_store(store, _utc(before))  # type: ignore[arg-type]
+    for sensor_id, prefix in sorted(result.chains.items()):
+        console.print(f"chain {sensor_id}: removed {prefix.removed} records, now starts after #{prefix.through_seq} {prefix.last_hash[:16]}…", highlight=False, soft_wrap=True)
+    if result.record_seq is None:
+        console.print(f"nothing older than {result.before.isoformat()} to remove", highlight=False, soft_wrap=True)
+    else:
+        console.print(f"removed {result.removed} records older than {result.before.isoformat()}; recorded as retention record #{result.record_seq}", highlight=False, soft_wrap=True)
+
+
+k8s_app = typer.Typer(help="Kubernetes: inventory snapshot, sensor manifests, preflight of a Gretel Hybrid install.", no_args_is_help=True)
+app.add_typer(k8s_app, name="k8s")
+KubeconfigOpt = Annotated[Optional[Path], typer.Option("--kubeconfig", help="Kubeconfig file (default: in-cluster account, else ~/.kube/config).")]
+ContextOpt = Annotated[Optional[str], typer.Option("--context", help="Kubeconfig context.")]
+HybridNsOpt = Annotated[str, typer.Option("--namespace", "-n", help="The Gretel Hybrid namespace.")]
+AuditorNsOpt = Annotated[str, typer.Option("--auditor-namespace", help="Where the probe and proxy run.")]
+ApiServerOpt = Annotated[Optional[list[str]], typer.Option("--api-server", help="Kubernetes API server IP/CIDR the hybrid pods may reach; repeatable.")]
+
+
+@k8s_app.command("snapshot")
+def k8s_snapshot(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Snapshot file (JSON) to attribute imported evidence with.")],
+    kubeconfig: KubeconfigOpt = None,
+    context: ContextOpt = None,
+    namespace: Annotated[Optional[list[str]], typer.Option("--namespace", "-n", help="Namespace to inventory; repeatable; '*' for all (default gretel-hybrid).")] = None,
+    selector: Annotated[Optional[list[str]], typer.Option("--selector", "-l", help="Label selector; repeatable (each is listed on its own).")] = None,
+    node: Annotated[Optional[str], typer.Option("--node", help="Only pods on this node.")] = None,
+    overlay: Annotated[Optional[Path], typer.Option("--overlay", help="Site overlay: its cluster CIDRs are used when the API has none.")] = None,
+    follow: Annotated[float, typer.Option("--follow", help="Keep watching this many seconds before writing (pods that come and go are kept).")] = 0.0,
+    store: Annotated[Optional[str], typer.Option("--store", "-s", help="With --follow: chain API outages (gaps) into this store.")] = None,
+) -> None:
+    """Write IP → pod/node over time to a file; `auditor import` evidence can then be attributed after the fact."""
+    from auditor.k8s.commands import snapshot
+
+    s = snapshot(out, kubeconfig=kubeconfig, context=context, namespaces=namespace or ["gretel-hybrid"], selectors=selector or [],
+                 node=node, overlay=overlay, follow=follow, store=store)
+    cidrs = ", ".join(f"{k} from {v}" for k, v in sorted(s.cidr_sources.items()))
+    console.print(f"wrote {s.path}: {s.pods} pods, {s.nodes} nodes, {s.holdings} IP holdings, {s.gaps} API gaps ({cidrs})", highlight=False)
+
+
+@k8s_app.command("attribute")
+def k8s_attribute(
+    events_file: Annotated[Path, typer.Argument(help="JSON lines, one EgressEvent per line.")],
+    inventory: Annotated[Path, typer.Option("--inventory", "-i", help="A snapshot from `auditor k8s snapshot`.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Attributed JSON lines (then `auditor ingest` them).")],
+) -> None:
+    """Fill each event's source pod/node from a saved inventory: attribution after the fact."""
+    from auditor.k8s.attribute import attribute_jsonl
+
+    result = attribute_jsonl(events_file, inventory, out)
+    for problem in result.problems:
+        err.print(problem, highlight=False, markup=False)
+    console.print(f"wrote {out}: {result.events} events, {result.to_pods} to pods, {result.to_nodes} to nodes, rejected {result.rejected} lines", highlight=False)
+    if result.rejected:
+        raise typer.Exit(3)
+
+
+@k8s_app.command("manifests")
+def k8s_manifests(
+    namespace: HybridNsOpt = "gretel-hybrid",
+    mode: Annotated[str, typer.Option("--mode", help="audit (record) or enforce (the proxy refuses violations).")] = "audit",
+    store_url: Annotated[Optional[str], typer.Option("--store-url", help="Where the sensors write (postgresql://... to collect centrally; default a SQLite file per node).")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Write boundary-auditor.yaml and gretel-values.yaml here (default: print the manifests).")] = None,
+    auditor_namespace: AuditorNsOpt = "boundary-auditor",
+    image: Annotated[str, typer.Option("--image", help="The auditor's container image.")] = "boundary-auditor:0.1.0",
+    ca: Annotated[Optional[Path], typer.Option("--ca", help="The proxy CA (mitmproxy-ca.pem or its confdir, from `auditor proxy ca`); default: a new one.")] = None,
+    api_server: ApiServerOpt = None,
+    service_cidr: Annotated[Optional[list[str]], typer.Option("--service-cidr", help="Service CIDR to leave out of the proxy (no_proxy); repeatable.")] = None,
+) -> None:
+    """Probe DaemonSet, proxy Deployment/Service/CA, RBAC, egress NetworkPolicy, and values for Gretel's chart."""
+    from auditor.k8s.commands import manifests
+
+    if mode not in ("audit", "enforce"):
+        raise AuditorError(f"--mode {mode!r} is not audit or enforce", fix="pass --mode audit or --mode enforce")
+    result, written = manifests(out, hybrid_namespace=namespace, namespace=auditor_namespace, mode=mode,  # type: ignore[arg-type]
+                                store_url=store_url, image=image, ca=ca, api_servers=api_server or [], service_cidrs=service_cidr or [])
+    if not written:
+        sys.stdout.write(result.manifests_yaml())
+    for path in written:
+        err.print(f"wrote {path}", highlight=False, markup=False)
+    err.print(f"{len(result.objects)} objects, each checked against the Kubernetes client's models", highlight=False, markup=False)
+    for note in result.notes:
+        err.print(f"note: {note}", highlight=False, markup=False)
+
+
+@k8s_app.command("preflight")
+def k8s_preflight(
+    kubeconfig: KubeconfigOpt = None,
+    context: ContextOpt = None,
+    namespace: HybridNsOpt = "gretel-hybrid",
+    auditor_namespace: AuditorNsOpt = "boundary-auditor",
+    store_url: Annotated[Optional[str], typer.Option("--store-url", help="The store the sensors write to (checked for reachability).")] = None,
+    api_server: ApiServerOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine output.")] = False,
+) -> None:
+    """Check a live Gretel Hybrid install is ready to audit; exit 0 all pass, 1 any fail, 2 warnings only."""
+    from auditor.k8s.commands import run_preflight
+    from auditor.k8s.preflight import preflight_table
+
+    result = run_preflight(kubeconfig=kubeconfig, context=context, hybrid_namespace=namespace, namespace=auditor_namespace,
+                           store_url=store_url, api_servers=api_server or [])
+    if as_json:
+        console.print_json(result.model_dump_json())
+    else:
+        console.print(preflight_table(result))
+    raise typer.Exit(result.exit_code)
+
+
+@app.command()
+def probe(
+    store: StoreOpt,
+    iface: Annotated[str, typer.Option("--iface", help="Interface to capture on live ('any' for all).")] = "any",
+    pcap: Annotated[Optional[Path], typer.Option("--pcap", help="Read this pcap/pcapng file (gzip'd or not) instead of capturing.")] = None,
+    bpf: Annotated[Optional[str], typer.Option("--bpf", help="libpcap filter for live capture (default: all IP).")] = None,
+    pack: PackOpt = None,
+    overlay: OverlayOpt = None,
+    duration: Annotated[Optional[float], typer.Option("--duration", help="Seconds to capture live (default: until Ctrl-C).")] = None,
+    sensor_id: Annotated[str, typer.Option("--sensor-id", help="This probe's chain in the store (must start with 'probe').")] = "probe",
+    cidr: Annotated[Optional[list[str]], typer.Option("--cluster-cidr", help="Inside the cluster (default: the overlay's, else private ranges); repeatable.")] = None,
+    dns_server: Annotated[Optional[list[str]], typer.Option("--cluster-dns", help="The cluster's resolver IP (default: the overlay's); repeatable.")] = None,
+    proxy: Annotated[Optional[list[str]], typer.Option("--proxy", help="Audit proxy IP:PORT for bypass checks (default: the overlay's); repeatable.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
+) -> None:
+    """Capture flows, DNS and TLS/QUIC server names (live or from a file) into the store; Ctrl-C flushes and stops."""
+    import signal
+    import threading
+
+    from rich.live import Live
+
+    from auditor.probe.capture import DEFAULT_BPF
+    from auditor.probe.engine import ProbeConfig
+    from auditor.probe.runner import ProbeOptions, run_probe, summary_table
+
+    if not sensor_id.startswith("probe"):
+        raise AuditorError(f"sensor id {sensor_id!r} must start with 'probe'", fix="e.g. --sensor-id probe-node1")
+    options = ProbeOptions(
+        store=store, pcap=pcap, iface=iface, bpf=bpf or DEFAULT_BPF, duration=duration, pack=pack, overlays=overlay or [],
+        config=ProbeConfig(sensor_id=sensor_id, cluster_cidrs=cidr or [], cluster_dns=dns_server or [], proxies=proxy or []),
+    )
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    with Live(console=err, refresh_per_second=4, transient=as_json) as live:
+        summary = run_probe(options, stop=stop, on_tick=lambda s: live.update(summary_table(s)))
+    if as_json:
+        console.print_json(summary.model_dump_json())
+    if summary.problem:
+        err.print(f"warning: {summary.problem} (recorded in the store)", highlight=False, markup=False)
 
 
 def main() -> None:
