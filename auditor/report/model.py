@@ -1,0 +1,1108 @@
+"""The attestation report as one canonical document, built only from the store.
+
+Events are judged with the rule pack at report time, so the verdict says which
+pack (by digest) it applied. Every string that came from traffic is redacted on
+the way in; renderers escape it on the way out. The document holds no floats
+(shares are numerator/denominator pairs with a percent string), so its canonical
+JSON is RFC 8785 and its digest is stable.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import uuid
+from array import array
+from collections import Counter, defaultdict, deque
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from functools import lru_cache
+from decimal import Decimal
+from importlib import metadata
+from typing import Any, Literal
+from urllib.parse import quote
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from auditor.model import SEVERITY_ORDER, EgressEvent, Finding, Likelihood, LikelihoodName, Severity
+from auditor.probe.coverage import ProxyIndex, is_external_flow
+from auditor.redact import redact_query, redact_text
+from auditor.rules import Pack, group_findings, judge
+from auditor.store.base import Store, redact_url
+from auditor.store.chain import canonical_json
+
+SCHEMA = "https://boundary-auditor.dev/report/v1"
+Status = Literal["PASS", "FAIL", "INCONCLUSIVE"]
+LineStatus = Literal["pass", "fail", "unverified", "not-seen"]
+EXIT_CODES: dict[str, int] = {"PASS": 0, "FAIL": 1, "INCONCLUSIVE": 2}
+DEFAULT_MIN_COVERAGE = Decimal("0.95")
+L7_KINDS = frozenset({"http", "websocket"})
+L3_KINDS = frozenset({"flow", "dns", "icmp"})
+TRAFFIC_CONNECTION_KINDS = frozenset({"flow", "tcp", "tls"})
+MAX_SAMPLES = 5
+MAX_EXCERPTS = 3
+MAX_EVENT_IDS = 10
+MATCH_SLACK_US = 5_000_000
+CONTROL_FRAMEWORKS = {
+    "SOC 2": ("CC6.6", "CC6.7", "CC7.2"),
+    "ISO/IEC 27001:2022": ("A.8.20", "A.8.21", "A.8.22", "A.8.23"),
+    "NIST SP 800-53": ("SC-7", "AC-4"),
+}
+
+
+class _Doc(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Share(_Doc):
+    """A ratio without a float: the document's canonical JSON stays exact."""
+
+    numerator: int
+    denominator: int
+    percent: str
+
+    @classmethod
+    def of(cls, numerator: int, denominator: int) -> Share | None:
+        if denominator <= 0:
+            return None
+        return cls(numerator=numerator, denominator=denominator, percent=_percent(Decimal(numerator) / Decimal(denominator)))
+
+    def at_least(self, threshold: Decimal) -> bool:
+        return Decimal(self.numerator) >= threshold * Decimal(self.denominator)
+
+
+def _count(n: int, one: str, many: str) -> str:
+    return f"{n:,} {one if n == 1 else many}"
+
+
+def _percent(value: Decimal) -> str:
+    return f"{(value * 100).quantize(Decimal('0.1'))}%"
+
+
+class PackSource(_Doc):
+    kind: str
+    id: str
+    path: str
+    digest: str
+
+
+class Identity(_Doc):
+    report_id: str
+    tool: str = "boundary-auditor"
+    tool_version: str
+    generated_at: datetime
+    pack_id: str
+    pack_version: str
+    pack_digest: str
+    pack_sources: list[PackSource]
+    parameters: dict[str, str | list[str] | None]
+
+
+class ReportScope(_Doc):
+    clusters: list[str]
+    namespaces: list[str]
+    pods: list[str]
+    nodes: list[str]
+    window_start: datetime | None
+    window_end: datetime | None
+    window_requested: bool
+    first_event: datetime | None
+    last_event: datetime | None
+    events: int
+    traffic_events: int
+    sensors: list[str]
+
+
+class Verdict(_Doc):
+    status: Status
+    reason: str
+    reasons: list[str]
+    exit_code: int
+
+
+class SensorCoverage(_Doc):
+    sensor_id: str
+    sensor_class: Literal["proxy", "probe", "other"]
+    events: int
+    kinds: dict[str, int]
+    starts: int
+    stops: int
+    gaps: int
+    dropped: int
+    config_digests: list[str]
+
+
+class CoverageReport(_Doc):
+    threshold: str
+    threshold_percent: str
+    score: Share | None
+    meets_threshold: bool
+    proxy_available: bool
+    probe_available: bool
+    sensors: list[SensorCoverage]
+    events_by_sensor: dict[str, int]
+    external_flows: int
+    proxy_matched_flows: int
+    proxy_matched_share: Share | None
+    matched_method: str
+    unmatched_destinations: dict[str, int]
+    http_requests: int
+    bodies_seen: int
+    bodies_inspected: int
+    bodies_skipped: dict[str, int]
+    inspected_share: Share | None
+    judged_events: int
+    unverified_events: int
+    tls_not_opened: int
+    drops: int
+    gaps: int
+    statements: list[str]
+
+
+class EndpointLine(_Doc):
+    id: str
+    hosts: list[str]
+    ports: list[int]
+    scopes: list[str]
+    contract: str
+    status: LineStatus
+    reached: bool
+    sources: list[str]
+    events: int
+    bytes_up: int
+    bytes_down: int
+    methods: dict[str, int]
+    actions: dict[str, int]
+    finding_ids: list[str]
+
+
+class MetadataKindLine(_Doc):
+    id: str
+    description: str
+    contract: str
+    status: LineStatus
+    count: int
+    routes: list[str]
+    field_paths: list[str]
+
+
+class ForbiddenClassLine(_Doc):
+    id: str
+    description: str
+    contract: str
+    labels: list[str]
+    status: LineStatus
+    count: int
+    statement: str
+    finding_ids: list[str]
+    event_ids: list[str]
+
+
+class InboundLine(_Doc):
+    status: LineStatus
+    count: int
+    statement: str
+    finding_ids: list[str]
+    event_ids: list[str]
+
+
+class Contract(_Doc):
+    endpoints: list[EndpointLine]
+    metadata_kinds: list[MetadataKindLine]
+    forbidden_classes: list[ForbiddenClassLine]
+    inbound: InboundLine
+
+
+class FindingEntry(_Doc):
+    id: str
+    rule_id: str
+    action: str
+    severity: Severity
+    likelihood: LikelihoodName
+    message: str
+    remediation: str
+    contract: str
+    controls: list[str]
+    destination: str
+    first_seen: datetime
+    last_seen: datetime
+    count: int
+    event_ids: list[str]
+    excerpts: list[str]
+    sources: list[str]
+    locations: list[str]
+    requests: list[str]
+
+
+class DestinationRow(_Doc):
+    destination: str
+    port: int | None
+    decision: str
+    actions: dict[str, int]
+    events: int
+    bytes_up: int
+    bytes_down: int
+    sources: list[str]
+    rule_ids: list[str]
+
+
+class TimelineBucket(_Doc):
+    start: datetime
+    allowed: int
+    violation: int
+    unverified: int
+
+
+class Timeline(_Doc):
+    interval_seconds: int
+    buckets: list[TimelineBucket]
+
+
+class ChainLine(_Doc):
+    sensor_id: str
+    count: int
+    head_seq: int
+    head_hash: str
+
+
+class Integrity(_Doc):
+    chains_ok: bool
+    records: int
+    chains: list[ChainLine]
+    problems: list[str]
+    signing_key_id: str | None
+
+
+class ReportDoc(_Doc):
+    schema_: str = Field(default=SCHEMA, alias="schema")
+    identity: Identity
+    scope: ReportScope
+    verdict: Verdict
+    coverage: CoverageReport
+    contract: Contract
+    findings: list[FindingEntry]
+    destinations: list[DestinationRow]
+    timeline: Timeline
+    integrity: Integrity
+    control_frameworks: dict[str, list[str]]
+    limitations: list[str]
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    def to_json_doc(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", by_alias=True)
+
+    def canonical(self) -> bytes:
+        return canonical_json(self.to_json_doc())
+
+
+# --- building ----------------------------------------------------------------------------------
+
+
+@dataclass
+class _EndpointAcc:
+    events: int = 0
+    bytes_up: int = 0
+    bytes_down: int = 0
+    sources: set[str] = field(default_factory=set)
+    methods: Counter[str] = field(default_factory=Counter)
+    actions: Counter[str] = field(default_factory=Counter)
+
+
+@dataclass
+class _KindAcc:
+    count: int = 0
+    routes: set[str] = field(default_factory=set)
+    field_paths: set[str] = field(default_factory=set)
+
+
+@dataclass
+class _DestAcc:
+    actions: Counter[str] = field(default_factory=Counter)
+    bytes_up: int = 0
+    bytes_down: int = 0
+    sources: set[str] = field(default_factory=set)
+    rule_ids: set[str] = field(default_factory=set)
+
+
+@dataclass
+class _SensorAcc:
+    events: int = 0
+    kinds: Counter[str] = field(default_factory=Counter)
+    starts: int = 0
+    stops: int = 0
+    gaps: int = 0
+    dropped: int = 0
+    config_digests: set[str] = field(default_factory=set)
+
+
+FLAGGED_BATCH = 20_000
+SAMPLES_PER_FINDING = 3
+MAX_FINDING_EVENT_IDS = 100
+
+
+class _FindingGroups:
+    """The policy's `group_findings` over bounded batches of non-allowed events,
+    merged by rule and destination: memory grows with findings, not with events,
+    and a few sample events per finding are kept for locations and requests."""
+
+    def __init__(self, pack: Pack) -> None:
+        self.pack = pack
+        self.buffer: list[EgressEvent] = []
+        self.groups: dict[tuple[str, str], Finding] = {}
+        self.samples: dict[str, EgressEvent] = {}
+
+    def add(self, event: EgressEvent) -> None:
+        self.buffer.append(event)
+        if len(self.buffer) >= FLAGGED_BATCH:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.buffer:
+            return
+        batch = {e.id: e for e in self.buffer}
+        for f in group_findings(self.buffer, self.pack):
+            key = (f.rule_id, f.destination)
+            old = self.groups.get(key)
+            if old is None:
+                self.groups[key] = merged = f
+            else:
+                merged = old
+                merged.count += f.count
+                merged.first_seen = min(merged.first_seen, f.first_seen)
+                merged.last_seen = max(merged.last_seen, f.last_seen)
+                merged.event_ids = (merged.event_ids + f.event_ids)[:MAX_FINDING_EVENT_IDS]
+                merged.excerpts = list(dict.fromkeys(merged.excerpts + f.excerpts))[:5]
+                merged.sources = list(dict.fromkeys(merged.sources + f.sources))[:20]
+                if Likelihood[f.likelihood] > Likelihood[merged.likelihood]:
+                    merged.likelihood = f.likelihood
+            for eid in merged.event_ids[:SAMPLES_PER_FINDING]:
+                if eid in batch:
+                    self.samples[eid] = batch[eid]
+        self.buffer = []
+
+    def finish(self) -> list[Finding]:
+        self.flush()
+        return list(self.groups.values())
+
+
+@dataclass
+class _Acc:
+    """Everything one pass over the events collects; only non-allowed events are kept whole."""
+
+    sensors: defaultdict[str, _SensorAcc] = field(default_factory=lambda: defaultdict(_SensorAcc))
+    namespaces: set[str] = field(default_factory=set)
+    pods: set[str] = field(default_factory=set)
+    nodes: set[str] = field(default_factory=set)
+    first: datetime | None = None
+    last: datetime | None = None
+    events: int = 0
+    traffic: int = 0
+    actions: Counter[str] = field(default_factory=Counter)
+    http_requests: int = 0
+    bodies_seen: int = 0
+    bodies_inspected: int = 0
+    bodies_skipped: Counter[str] = field(default_factory=Counter)
+    tls_not_opened: int = 0
+    endpoints: defaultdict[str, _EndpointAcc] = field(default_factory=lambda: defaultdict(_EndpointAcc))
+    kinds: defaultdict[str, _KindAcc] = field(default_factory=lambda: defaultdict(_KindAcc))
+    forbidden: defaultdict[str, list[str]] = field(default_factory=lambda: defaultdict(list))
+    forbidden_counts: Counter[str] = field(default_factory=Counter)
+    inbound_ids: list[str] = field(default_factory=list)
+    inbound: int = 0
+    destinations: defaultdict[tuple[str, int | None], _DestAcc] = field(default_factory=lambda: defaultdict(_DestAcc))
+    times: array = field(default_factory=lambda: array("q"))
+    codes: array = field(default_factory=lambda: array("b"))
+    flagged: _FindingGroups | None = None
+    proxy_index: ProxyIndex = field(default_factory=ProxyIndex)
+    pending_flows: deque[tuple[int, EgressEvent]] = field(default_factory=deque)
+    external_flows: int = 0
+    matched_flows: int = 0
+    unmatched: Counter[str] = field(default_factory=Counter)
+    endpoint_of: dict[tuple[str | None, str | None, str | None], str | None] = field(default_factory=dict)
+    internal: dict[tuple[str | None, str], bool] = field(default_factory=dict)
+    who: dict[tuple[str | None, str | None, str | None, str | None], str] = field(default_factory=dict)
+
+
+_ACTION_CODE = {"allowed": 0, "violation": 1, "unverified": 2}
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+_ONE_US = timedelta(microseconds=1)
+
+
+def _us(value: datetime) -> int:
+    """Exact integer microseconds since the epoch."""
+    return (value - _EPOCH) // _ONE_US
+
+
+def tool_version() -> str:
+    try:
+        return metadata.version("boundary-auditor")
+    except metadata.PackageNotFoundError:
+        return "0+unknown"
+
+
+def _clean(text: str | None, limit: int = 300) -> str:
+    """Traffic text as the report may show it: secrets redacted, control characters
+    made visible, bounded in length. Escaping is the renderer's job."""
+    if not text:
+        return ""
+    return _clean_cached(text, limit)
+
+
+@lru_cache(maxsize=131_072)
+def _clean_cached(text: str, limit: int) -> str:
+    """Traffic repeats the same names endlessly: clean each once."""
+    cleaned = redact_text(text)
+    if not cleaned.isprintable():
+        cleaned = "".join(ch if ch.isprintable() else f"\\x{ord(ch):02x}" for ch in cleaned)
+    return cleaned if len(cleaned) <= limit else cleaned[: limit - 1] + "…"
+
+
+def destination_name(event: EgressEvent) -> str:
+    d = event.destination
+    return _clean(d.host or d.sni or d.http_host or d.ip or "(unknown)", 255)
+
+
+def _who(event: EgressEvent) -> str:
+    s = event.source
+    if s.pod:
+        return _clean(f"{s.namespace}/{s.pod}" if s.namespace else s.pod, 200)
+    if s.node:
+        return _clean(f"node/{s.node}", 200)
+    return _clean(s.ip or "(unattributed)", 100)
+
+
+def _location(event: EgressEvent) -> str | None:
+    """`k8s://namespace/workload`, each part percent-encoded so it is always a valid URI."""
+    s = event.source
+    name = s.workload or s.pod
+    if name:
+        return f"k8s://{quote(_clean(s.namespace or 'default', 100), safe='')}/{quote(_clean(name, 150), safe='')}"
+    if s.node:
+        return f"k8s://node/{quote(_clean(s.node, 150), safe='')}"
+    return None
+
+
+def _bytes(event: EgressEvent) -> tuple[int, int]:
+    if event.flow is not None:
+        return event.flow.bytes_up, event.flow.bytes_down
+    if event.http is not None:
+        return (event.http.request_bytes_wire or event.http.request_bytes_decoded or 0,
+                event.http.response_bytes_wire or event.http.response_bytes_decoded or 0)
+    return 0, 0
+
+
+def _sensor_class(acc: _SensorAcc, sensor_id: str) -> Literal["proxy", "probe", "other"]:
+    """Which kind of eyes a sensor is: content (L7) or packets (L3/L4)."""
+    if any(acc.kinds.get(k) for k in L7_KINDS) or sensor_id.startswith(("proxy", "import-har", "import-mitm")):
+        return "proxy"
+    if any(acc.kinds.get(k) for k in L3_KINDS) or sensor_id.startswith(("probe", "import-pcap", "import-zeek", "import-hubble")):
+        return "probe"
+    return "other"
+
+
+class _Matcher:
+    """Does a normalised host match one of an endpoint's host patterns ('*.' = one more label)."""
+
+    def __init__(self, patterns: Iterable[str]) -> None:
+        self.exact = {p.lower().rstrip(".") for p in patterns if not p.startswith("*.")}
+        self.suffixes = {p[2:].lower().rstrip(".") for p in patterns if p.startswith("*.")}
+
+    def __call__(self, host: str) -> bool:
+        if host in self.exact:
+            return True
+        head, _, rest = host.partition(".")
+        return bool(head) and rest in self.suffixes
+
+
+@dataclass
+class ReportParams:
+    """What the report was asked for; recorded in the document as run parameters."""
+
+    store_url: str
+    since: datetime | None = None
+    until: datetime | None = None
+    min_coverage: Decimal = DEFAULT_MIN_COVERAGE
+    pack_path: str | None = None
+    overlays: list[str] = field(default_factory=list)
+    formats: list[str] = field(default_factory=list)
+    signing_key_id: str | None = None
+
+
+def build_report(store: Store, pack: Pack, params: ReportParams) -> ReportDoc:
+    """Read the window from the store, judge it with `pack`, and say what it shows."""
+    verified = store.verify()
+    endpoint_matchers = [(ep.id, _Matcher(ep.hosts)) for ep in pack.endpoints]
+    forbidden_labels = {fc.id: set(fc.labels) for fc in pack.forbidden_classes}
+    any_forbidden = frozenset(label for labels in forbidden_labels.values() for label in labels)
+    acc = _Acc(flagged=_FindingGroups(pack))
+    read_error: str | None = None
+    try:
+        for event in judge(store.events(params.since, params.until), pack):
+            _observe(acc, event, pack, endpoint_matchers, forbidden_labels, any_forbidden)
+    except (ValueError, sqlite3.DatabaseError) as exc:  # pydantic's ValidationError is a ValueError
+        read_error = f"the store could not be read past event {acc.events}: {_clean(str(exc).splitlines()[0], 200)}"
+    _settle(acc, None)
+
+    assert acc.flagged is not None
+    findings = acc.flagged.finish()
+    entries = [_finding_entry(f, pack, acc.flagged.samples) for f in findings]
+    entries.sort(key=lambda f: (-SEVERITY_ORDER[f.severity], f.rule_id, f.destination, f.first_seen))
+    event_to_finding: dict[str, str] = {eid: f.id for f in entries for eid in f.event_ids}
+
+    sensors = _sensors(acc)
+    coverage = _coverage(acc, sensors, params.min_coverage, pack)
+    contract = _contract(acc, pack, entries, event_to_finding, coverage)
+    integrity = Integrity(
+        chains_ok=verified.ok and read_error is None,
+        records=verified.records,
+        chains=[ChainLine(**h.model_dump()) for h in verified.chains],
+        problems=[p.line() for p in verified.problems] + ([read_error] if read_error else []),
+        signing_key_id=params.signing_key_id,
+    )
+    window_start = params.since or acc.first
+    window_end = params.until or acc.last
+    verdict = _verdict(acc, entries, coverage, integrity, store_empty=store.count() == 0 and not verified.records)
+    return ReportDoc(
+        identity=Identity(
+            report_id=uuid.uuid4().hex,
+            tool_version=tool_version(),
+            generated_at=datetime.now(UTC).replace(microsecond=0),
+            pack_id=pack.id,
+            pack_version=pack.info.version,
+            pack_digest=pack.digest,
+            pack_sources=[PackSource(kind=s.kind, id=s.id, path=s.path, digest=s.sha256) for s in pack.sources],
+            parameters={
+                "store": redact_url(params.store_url),
+                "since": params.since.isoformat() if params.since else None,
+                "until": params.until.isoformat() if params.until else None,
+                "min_coverage": str(params.min_coverage),
+                "pack": params.pack_path,
+                "overlays": list(params.overlays),
+                "formats": list(params.formats),
+            },
+        ),
+        scope=ReportScope(
+            clusters=_clusters(pack),
+            namespaces=sorted(acc.namespaces),
+            pods=sorted(acc.pods),
+            nodes=sorted(acc.nodes),
+            window_start=window_start,
+            window_end=window_end,
+            window_requested=params.since is not None or params.until is not None,
+            first_event=acc.first,
+            last_event=acc.last,
+            events=acc.events,
+            traffic_events=acc.traffic,
+            sensors=sorted(acc.sensors),
+        ),
+        verdict=verdict,
+        coverage=coverage,
+        contract=contract,
+        findings=entries,
+        destinations=_destinations(acc),
+        timeline=_timeline(acc, window_start, window_end),
+        integrity=integrity,
+        control_frameworks={k: list(v) for k, v in CONTROL_FRAMEWORKS.items()},
+        limitations=_limitations(coverage),
+    )
+
+
+def _observe(
+    acc: _Acc,
+    event: EgressEvent,
+    pack: Pack,
+    endpoint_matchers: list[tuple[str, _Matcher]],
+    forbidden_labels: dict[str, set[str]],
+    any_forbidden: frozenset[str],
+) -> None:
+    """One event into the accumulators. The hot loop of a report: memoised by the
+    values that repeat (sources, names), nothing kept whole but non-allowed events."""
+    acc.events += 1
+    time = event.time
+    if acc.first is None:
+        acc.first = time
+    acc.last = time
+    sensor = acc.sensors[event.sensor_id]
+    sensor.events += 1
+    kind = event.kind
+    sensor.kinds[kind] += 1
+    if kind == "sensor":
+        info = event.sensor
+        if info is not None:
+            if info.lifecycle == "start":
+                sensor.starts += 1
+            elif info.lifecycle == "stop":
+                sensor.stops += 1
+            elif info.lifecycle == "gap":
+                sensor.gaps += 1
+            sensor.dropped += info.dropped
+            if info.config_digest:
+                sensor.config_digests.add(info.config_digest)
+        return
+
+    acc.traffic += 1
+    src = event.source
+    src_key = (src.namespace, src.pod, src.node, src.ip)
+    who = acc.who.get(src_key)
+    if who is None:
+        who = _who(event)
+        if len(acc.who) < 100_000:
+            acc.who[src_key] = who
+        if src.namespace:
+            acc.namespaces.add(_clean(src.namespace, 100))
+        if src.pod:
+            acc.pods.add(who)
+        if src.node:
+            acc.nodes.add(_clean(src.node, 100))
+    decision = event.decision
+    action = decision.action if decision is not None else "unverified"
+    acc.actions[action] += 1
+    now = _us(time)
+    acc.times.append(now)
+    acc.codes.append(_ACTION_CODE[action])
+    if action != "allowed" and acc.flagged is not None:
+        acc.flagged.add(event)
+
+    payload = event.payload
+    if kind in L7_KINDS:
+        acc.http_requests += 1
+    if payload is not None and (payload.size or payload.sha256 or payload.inspected or payload.not_inspected_reason):
+        acc.bodies_seen += 1
+        if payload.inspected:
+            acc.bodies_inspected += 1
+        else:
+            acc.bodies_skipped[_clean(payload.not_inspected_reason or "not-inspected", 80)] += 1
+    observations = event.observations
+    flow = event.flow
+    if "tls-not-opened" in observations or (payload is not None and payload.not_inspected_reason == "tls-not-opened"):
+        acc.tls_not_opened += 1
+
+    up, down = _bytes(event)
+    dest = event.destination
+    host = (dest.host or dest.sni or dest.http_host or dest.ip or "").lower().rstrip(".")
+    internal = (flow is not None and flow.direction == "internal") or _internal(acc, pack, dest.ip, host)
+    inbound = "inbound" in observations or (flow is not None and flow.direction == "inbound")
+    if inbound:
+        acc.inbound += 1
+        if len(acc.inbound_ids) < MAX_EVENT_IDS:
+            acc.inbound_ids.append(event.id)
+
+    if not internal and not inbound and kind != "dns":
+        name_key = (dest.host, dest.sni, dest.http_host)
+        if name_key in acc.endpoint_of:
+            endpoint_id = acc.endpoint_of[name_key]
+        else:
+            names = {n.lower().rstrip(".") for n in name_key if n}
+            endpoint_id = next((eid for eid, matches in endpoint_matchers if any(matches(n) for n in names)), None)
+            if len(acc.endpoint_of) < 100_000:
+                acc.endpoint_of[name_key] = endpoint_id
+        if endpoint_id is not None:
+            ep = acc.endpoints[endpoint_id]
+            ep.events += 1
+            ep.bytes_up += up
+            ep.bytes_down += down
+            if len(ep.sources) < 200:
+                ep.sources.add(who)
+            if event.http is not None:
+                ep.methods[_clean(event.http.method, 16)] += 1
+            ep.actions[action] += 1
+        d = acc.destinations[(destination_name(event), dest.port)]
+        d.actions[action] += 1
+        d.bytes_up += up
+        d.bytes_down += down
+        if len(d.sources) < 20:
+            d.sources.add(who)
+        if decision is not None and len(d.rule_ids) < 20:
+            d.rule_ids.add(decision.rule_id)
+
+    if payload is not None:
+        for kind_id in payload.metadata_kinds:
+            k = acc.kinds[kind_id]
+            k.count += 1
+            if payload.route and len(k.routes) < MAX_SAMPLES:
+                k.routes.add(_clean(payload.route, 120))
+            if len(k.field_paths) < MAX_SAMPLES:
+                for f in payload.findings:
+                    if f.field_path and (f.label in (kind_id, "metadata") or f.detector == kind_id):
+                        k.field_paths.add(_clean(f.field_path, 120))
+        labels = set(payload.labels)
+        labels.update(f.label for f in payload.findings)
+        if not labels.isdisjoint(any_forbidden):
+            for class_id, wanted in forbidden_labels.items():
+                if not labels.isdisjoint(wanted):
+                    acc.forbidden_counts[class_id] += 1
+                    if len(acc.forbidden[class_id]) < MAX_EVENT_IDS:
+                        acc.forbidden[class_id].append(event.id)
+
+    acc.proxy_index.add(event)
+    if kind == "flow" and src.scope != "node" and not internal and is_external_flow(event):
+        end = (flow.last_seen or flow.first_seen) if flow is not None else None
+        acc.pending_flows.append(((_us(end) if end else now) + MATCH_SLACK_US, event))
+    if acc.pending_flows and acc.pending_flows[0][0] < now:
+        _settle(acc, now)
+
+
+def _settle(acc: _Acc, now: int | None) -> None:
+    """Match pod flows to proxy records once every proxy record that could match has
+    been read (events arrive in time order), so only a few seconds of flows are held."""
+    pending = acc.pending_flows
+    while pending and (now is None or pending[0][0] < now):
+        _, flow = pending.popleft()
+        acc.external_flows += 1
+        if "bypass" not in flow.observations and acc.proxy_index.matches(flow, MATCH_SLACK_US / 1_000_000):
+            acc.matched_flows += 1
+        else:
+            d = flow.destination
+            acc.unmatched[_clean(f"{d.host or d.sni or d.ip}:{d.port}", 200)] += 1
+
+
+def _internal(acc: _Acc, pack: Pack, ip: str | None, host: str) -> bool:
+    key = (ip, host)
+    known = acc.internal.get(key)
+    if known is None:
+        known = any(value and pack.is_internal(value) for value in key)
+        if len(acc.internal) < 200_000:
+            acc.internal[key] = known
+    return known
+
+
+def _sensors(acc: _Acc) -> list[SensorCoverage]:
+    return [
+        SensorCoverage(
+            sensor_id=_clean(sid, 120),
+            sensor_class=_sensor_class(s, sid),
+            events=s.events,
+            kinds=dict(sorted(s.kinds.items())),
+            starts=s.starts,
+            stops=s.stops,
+            gaps=s.gaps,
+            dropped=s.dropped,
+            config_digests=sorted(_clean(c, 100) for c in s.config_digests),
+        )
+        for sid, s in sorted(acc.sensors.items())
+    ]
+
+
+MATCH_METHOD = (
+    "auditor.probe.coverage (the probe's ProxyIndex and is_external_flow) applied in the report's single pass over the store: "
+    "pod flows to external addresses matched to a proxy record of the same address or name and port within ±5 s; "
+    "flows the probe marked `bypass` never count as matched"
+)
+
+
+def _coverage(acc: _Acc, sensors: list[SensorCoverage], threshold: Decimal, pack: Pack) -> CoverageReport:
+    proxy_available = any(s.sensor_class == "proxy" and s.events - s.kinds.get("sensor", 0) > 0 for s in sensors)
+    probe_available = any(s.sensor_class == "probe" and s.events - s.kinds.get("sensor", 0) > 0 for s in sensors)
+    external, matched = acc.external_flows, acc.matched_flows
+    method = MATCH_METHOD if probe_available else "unavailable: no probe events"
+    matched_share = Share.of(matched, external) if probe_available and proxy_available else None
+    if probe_available and not proxy_available:
+        method = "unavailable: no proxy events, so no flow can be matched to an inspected request"
+    drops = sum(s.dropped for s in sensors)
+    gaps = sum(s.gaps for s in sensors)
+    judged = sum(acc.actions.values())
+    unverified = acc.actions.get("unverified", 0)
+    inspected_share = Share.of(judged - unverified, judged + drops)
+    candidates = [s for s in (inspected_share, matched_share) if s is not None]
+    score = min(candidates, key=lambda s: Decimal(s.numerator) / Decimal(s.denominator)) if candidates else None
+    meets = score is not None and score.at_least(threshold)
+
+    statements: list[str] = []
+    if not proxy_available:
+        statements.append("Proxy coverage unavailable: no proxy (L7) events in the window, so no request content was inspected.")
+    if not probe_available:
+        statements.append(
+            "Probe coverage unavailable: no probe (L3/L4) events in the window, so traffic that bypassed the proxy could not be seen."
+        )
+    if matched_share is not None:
+        statements.append(
+            f"{matched_share.percent} of {external:,} external pod flows seen by the probe went through the proxy."
+        )
+    if inspected_share is not None:
+        statements.append(
+            f"{inspected_share.percent} of judged traffic was decided on inspected evidence "
+            f"({unverified:,} events unverified, {drops:,} events dropped by sensors)."
+        )
+    if acc.bodies_seen:
+        skipped = ", ".join(f"{n:,} {r}" for r, n in sorted(acc.bodies_skipped.items())) or "none"
+        statements.append(f"{acc.bodies_inspected:,} of {acc.bodies_seen:,} bodies inspected; not inspected: {skipped}.")
+    if acc.tls_not_opened:
+        statements.append(f"{_count(acc.tls_not_opened, 'TLS connection', 'TLS connections')} could not be opened: judged by destination only, never counted clean.")
+    if drops:
+        statements.append(f"Sensors dropped {drops:,} events; they count as uninspected.")
+    if gaps:
+        statements.append(f"{gaps} monitoring gaps were recorded (a sensor ended without a stop record).")
+    thr_percent = _percent(threshold)
+    if score is None:
+        statements.append(f"No coverage could be measured; the required minimum is {thr_percent}.")
+    else:
+        statements.append(
+            f"Coverage {score.percent} {'meets' if meets else 'is below'} the required minimum of {thr_percent}."
+        )
+    return CoverageReport(
+        threshold=str(threshold),
+        threshold_percent=thr_percent,
+        score=score,
+        meets_threshold=meets,
+        proxy_available=proxy_available,
+        probe_available=probe_available,
+        sensors=sensors,
+        events_by_sensor={s.sensor_id: s.events for s in sensors},
+        external_flows=external,
+        proxy_matched_flows=matched,
+        proxy_matched_share=matched_share,
+        matched_method=method,
+        unmatched_destinations=dict(acc.unmatched.most_common(20)),
+        http_requests=acc.http_requests,
+        bodies_seen=acc.bodies_seen,
+        bodies_inspected=acc.bodies_inspected,
+        bodies_skipped=dict(sorted(acc.bodies_skipped.items())),
+        inspected_share=inspected_share,
+        judged_events=judged,
+        unverified_events=unverified,
+        tls_not_opened=acc.tls_not_opened,
+        drops=drops,
+        gaps=gaps,
+        statements=statements,
+    )
+
+
+def _contract_text(pack: Pack, ref: str) -> str:
+    """The contract line a rule or endpoint cites, quoted verbatim."""
+    for line in pack.contract:
+        if line.id == ref:
+            return line.text
+    return ref
+
+
+def _contract(
+    acc: _Acc, pack: Pack, findings: list[FindingEntry], event_to_finding: dict[str, str], coverage: CoverageReport
+) -> Contract:
+    endpoints = []
+    for ep in pack.endpoints:
+        a = acc.endpoints.get(ep.id, _EndpointAcc())
+        status: LineStatus
+        if a.actions.get("violation"):
+            status = "fail"
+        elif a.actions.get("unverified"):
+            status = "unverified"
+        elif a.events:
+            status = "pass"
+        else:
+            status = "not-seen"
+        ep_findings = sorted({f.id for f in findings if _host_in(ep.hosts, f.destination)})
+        endpoints.append(
+            EndpointLine(
+                id=ep.id, hosts=list(ep.hosts), ports=sorted(ep.ports), scopes=sorted(ep.scopes),
+                contract=_contract_text(pack, ep.contract), status=status, reached=a.events > 0,
+                sources=sorted(a.sources), events=a.events, bytes_up=a.bytes_up, bytes_down=a.bytes_down,
+                methods=dict(sorted(a.methods.items())), actions=dict(sorted(a.actions.items())),
+                finding_ids=ep_findings[:MAX_EVENT_IDS],
+            )
+        )
+    kinds = []
+    for spec in pack.metadata_kinds:
+        k = acc.kinds.get(spec.id, _KindAcc())
+        kinds.append(
+            MetadataKindLine(
+                id=spec.id, description=spec.description, contract=_contract_text(pack, spec.contract),
+                status="pass" if k.count else "not-seen", count=k.count,
+                routes=sorted(k.routes), field_paths=sorted(k.field_paths),
+            )
+        )
+    uninspected = coverage.bodies_seen - coverage.bodies_inspected + coverage.tls_not_opened
+    classes = []
+    for spec in pack.forbidden_classes:
+        count = acc.forbidden_counts.get(spec.id, 0)
+        ids = acc.forbidden.get(spec.id, [])
+        status: LineStatus
+        if count:
+            status, statement = "fail", f"Seen in {_count(count, 'event', 'events')} leaving the cluster."
+        elif not coverage.proxy_available:
+            status, statement = "unverified", "Not verifiable: no request content was inspected (no proxy events)."
+        elif uninspected:
+            status, statement = "unverified", f"None seen in {coverage.bodies_inspected} inspected bodies; {uninspected} bodies or connections could not be inspected."
+        else:
+            status, statement = "pass", f"None seen in {coverage.bodies_inspected} inspected bodies."
+        classes.append(
+            ForbiddenClassLine(
+                id=spec.id, description=spec.description, contract=_contract_text(pack, spec.contract),
+                labels=list(spec.labels), status=status, count=count, statement=statement,
+                finding_ids=sorted({event_to_finding[i] for i in ids if i in event_to_finding}),
+                event_ids=list(ids),
+            )
+        )
+    if acc.inbound:
+        inbound = InboundLine(status="fail", count=acc.inbound, statement=f"{_count(acc.inbound, 'connection was', 'connections were')} opened from outside the cluster.",
+                              finding_ids=sorted({event_to_finding[i] for i in acc.inbound_ids if i in event_to_finding}),
+                              event_ids=list(acc.inbound_ids))
+    elif coverage.probe_available:
+        inbound = InboundLine(status="pass", count=0, statement="The probe saw no connection opened from outside the cluster.",
+                              finding_ids=[], event_ids=[])
+    else:
+        inbound = InboundLine(status="unverified", count=0,
+                              statement="Not verifiable: only the probe sees inbound connections, and there are no probe events.",
+                              finding_ids=[], event_ids=[])
+    return Contract(endpoints=endpoints, metadata_kinds=kinds, forbidden_classes=classes, inbound=inbound)
+
+
+def _host_in(patterns: list[str], destination: str) -> bool:
+    return _Matcher(patterns)(destination.lower().split(":")[0].rstrip("."))
+
+
+def _finding_entry(f: Finding, pack: Pack, events: dict[str, EgressEvent]) -> FindingEntry:
+    rule = pack.rules.get(f.rule_id)
+    sampled = [ev for eid in f.event_ids if (ev := events.get(eid)) is not None]
+    locations = sorted({loc for ev in sampled if (loc := _location(ev))})
+    requests = list(dict.fromkeys(_request_line(ev) for ev in sampled if ev.http is not None))[:MAX_EXCERPTS]
+    return FindingEntry(
+        id=f.id,
+        rule_id=f.rule_id,
+        action=f.action,
+        severity=f.severity,
+        likelihood=f.likelihood,
+        message=_clean(f.message, 500),
+        remediation=_clean(f.remediation, 500),
+        contract=rule.contract_text if rule is not None else "",
+        controls=list(f.controls),
+        destination=_clean(f.destination, 255),
+        first_seen=f.first_seen,
+        last_seen=f.last_seen,
+        count=f.count,
+        event_ids=[_clean(e, 64) for e in f.event_ids[:MAX_EVENT_IDS]],
+        excerpts=[_clean(x, 200) for x in f.excerpts[:MAX_EXCERPTS]],
+        sources=sorted(_clean(s, 200) for s in f.sources[:20]),
+        locations=locations[:10],
+        requests=requests,
+    )
+
+
+def _request_line(event: EgressEvent) -> str:
+    """`METHOD /path?query` as evidence: query values of secrets are already redacted by the sensor, and again here."""
+    http = event.http
+    assert http is not None
+    query = f"?{redact_query(http.query)}" if http.query else ""
+    return _clean(f"{http.method} {http.path}{query}", 240)
+
+
+_ORDER = {"violation": 0, "unverified": 1, "allowed": 2}
+
+
+def _destinations(acc: _Acc) -> list[DestinationRow]:
+    rows = []
+    for (name, port), d in acc.destinations.items():
+        decision = min(d.actions, key=lambda a: _ORDER[a])
+        rows.append(
+            DestinationRow(
+                destination=name, port=port, decision=decision, actions=dict(sorted(d.actions.items())),
+                events=sum(d.actions.values()), bytes_up=d.bytes_up, bytes_down=d.bytes_down,
+                sources=sorted(d.sources), rule_ids=sorted(d.rule_ids),
+            )
+        )
+    rows.sort(key=lambda r: (_ORDER[r.decision], -r.events, r.destination, r.port or 0))
+    return rows
+
+
+_INTERVALS = (1, 5, 10, 30, 60, 300, 900, 1800, 3600, 3 * 3600, 6 * 3600, 12 * 3600, 86400, 7 * 86400)
+MAX_BUCKETS = 60
+
+
+def _timeline(acc: _Acc, start: datetime | None, end: datetime | None) -> Timeline:
+    if start is None or end is None or not acc.times:
+        return Timeline(interval_seconds=0, buckets=[])
+    span = max(1, int((end - start).total_seconds()) + 1)
+    interval = next((i for i in _INTERVALS if span / i <= MAX_BUCKETS), _INTERVALS[-1])
+    origin = _us(start) // (interval * 1_000_000) * (interval * 1_000_000)
+    width = interval * 1_000_000
+    count = (_us(end) - origin) // width + 1
+    counts = [[0, 0, 0] for _ in range(max(1, min(count, 10_000)))]
+    last = len(counts) - 1
+    for t, code in zip(acc.times, acc.codes, strict=True):
+        i = (t - origin) // width
+        counts[0 if i < 0 else min(i, last)][code] += 1
+    return Timeline(
+        interval_seconds=interval,
+        buckets=[
+            TimelineBucket(start=_EPOCH + timedelta(microseconds=origin + i * width), allowed=c[0], violation=c[1], unverified=c[2])
+            for i, c in enumerate(counts)
+        ],
+    )
+
+
+def _clusters(pack: Pack) -> list[str]:
+    """The site overlays name the cluster(s) the audit is about."""
+    return list(pack.site.ids)
+
+
+def _verdict(acc: _Acc, findings: list[FindingEntry], coverage: CoverageReport, integrity: Integrity, *, store_empty: bool) -> Verdict:
+    """FAIL on evidence of a breach or of tampering; INCONCLUSIVE when the evidence is
+    not enough to say; PASS only when nothing is wrong and enough was seen."""
+    fail: list[str] = []
+    inconclusive: list[str] = []
+    if not integrity.chains_ok:
+        first = integrity.problems[0] if integrity.problems else "unknown problem"
+        fail.append(f"The evidence store's hash chain is broken ({first}), so its records cannot be trusted.")
+    violations = acc.actions.get("violation", 0)
+    if violations:
+        worst = next((f for f in findings if f.action == "violation"), None)
+        what = f"; worst: {worst.rule_id} to {worst.destination}" if worst else ""
+        fail.append(f"{_count(violations, 'event violates', 'events violate')} the contract ({sum(1 for f in findings if f.action == 'violation'):,} findings{what}).")
+    if store_empty:
+        inconclusive.append("The evidence store is empty: there is nothing to attest.")
+    elif acc.traffic == 0:
+        inconclusive.append("The window holds no traffic events: there is nothing to attest.")
+    else:
+        if not coverage.proxy_available:
+            inconclusive.append("Proxy coverage is unavailable: no request content was inspected.")
+        if not coverage.probe_available:
+            inconclusive.append("Probe coverage is unavailable: traffic that bypassed the proxy could not be seen.")
+        if not coverage.meets_threshold:
+            score = coverage.score.percent if coverage.score else "unmeasured"
+            inconclusive.append(f"Coverage {score} is below the required {coverage.threshold_percent}.")
+        if coverage.gaps:
+            inconclusive.append(f"{coverage.gaps} monitoring gaps fall in the window: what happened during them is unknown.")
+    if fail:
+        status: Status = "FAIL"
+        reasons = fail + inconclusive
+    elif inconclusive:
+        status = "INCONCLUSIVE"
+        reasons = inconclusive
+    else:
+        status = "PASS"
+        unverified = acc.actions.get("unverified", 0)
+        caveat = f" ({unverified:,} events could not be inspected and are listed as unverified, never as clean)" if unverified else ""
+        reasons = [
+            f"No violation in {acc.traffic:,} traffic events from {len(acc.sensors)} sensors; coverage "
+            f"{coverage.score.percent if coverage.score else ''} meets the required {coverage.threshold_percent}{caveat}; "
+            "every hash chain verifies."
+        ]
+    return Verdict(status=status, reason=reasons[0], reasons=reasons, exit_code=EXIT_CODES[status])
+
+
+def _limitations(coverage: CoverageReport) -> list[str]:
+    out = [
+        "The proxy judges only traffic sent through it; the probe sees traffic that goes around it as flows, DNS answers and TLS server names, never content.",
+        "Connections whose TLS the proxy could not open (pinned certificates, passthrough hosts, clients that reject the proxy CA) are judged by destination only and counted as unverified, never as clean.",
+        "Bodies over the inspection cap are hashed and scanned incrementally; a body that could not be decoded within the limits is counted as not inspected.",
+        "Data encrypted by the application before it is sent (inside a JSON field, for example) is recognised by entropy and shape, not by meaning.",
+        "The probe sees only the nodes it runs on; traffic from a node without a probe is invisible to it.",
+        "Events are judged with the rule pack at report time; the pack digest above identifies exactly which rules were applied.",
+        "Event times come from the sensors' clocks.",
+        "The report holds digests, sizes, labels, field paths and redacted excerpts, never raw payloads; secrets are redacted.",
+    ]
+    if not coverage.probe_available:
+        out.insert(0, "No probe evidence: bypass of the proxy, DNS tunnelling and inbound connections could not be observed in this window.")
+    if not coverage.proxy_available:
+        out.insert(0, "No proxy evidence: no request body was inspected in this window, so no content claim can be made.")
+    return out
+
+
+def iter_finding_groups(findings: list[FindingEntry]) -> Iterator[tuple[str, list[FindingEntry]]]:
+    """Findings grouped by rule, worst rule first: how the HTML and JUnit lay them out."""
+    groups: dict[str, list[FindingEntry]] = defaultdict(list)
+    for f in findings:
+        groups[f.rule_id].append(f)
+    yield from sorted(groups.items(), key=lambda kv: (-SEVERITY_ORDER[kv[1][0].severity], kv[0]))
