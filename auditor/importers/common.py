@@ -10,6 +10,7 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 from auditor.errors import AuditorError
+from auditor.k8s.attribute import attribute, inventory_from_file
 from auditor.model import EgressEvent, sensor_event
 from auditor.store.base import open_store
 
@@ -93,13 +94,18 @@ def _parser(fmt: Format) -> Callable[[list[Path], str], Parsed]:
     raise AuditorError(f"unknown import format {fmt!r}", fix="use har, zeek, hubble, mitm or pcap")
 
 
-def import_file(paths: list[Path], store_url: str, fmt: Format = "auto", sensor_id: str | None = None) -> ImportResult:
+def import_file(
+    paths: list[Path], store_url: str, fmt: Format = "auto", sensor_id: str | None = None, inventory: Path | None = None
+) -> ImportResult:
     """Zeek logs come as several files (conn, dns, ssl) joined by uid, so an import
-    takes a list; other formats take one file each."""
+    takes a list; other formats take one file each. With an inventory snapshot
+    (`auditor k8s snapshot`), each event's source is attributed to the pod or node
+    that held its IP at the event's time."""
     for path in paths:
         if not path.is_file():
             raise AuditorError("no such file", file=str(path), fix="check the path")
     kind = detect_format(paths[0]) if fmt == "auto" else fmt
+    held = inventory_from_file(inventory) if inventory is not None else None
     sid = sensor_id or f"import-{kind}-{paths[0].stem}"
     result = ImportResult(format=kind, sensor_id=sid)
     store = open_store(store_url)
@@ -113,7 +119,7 @@ def import_file(paths: list[Path], store_url: str, fmt: Format = "auto", sensor_
                 if len(result.problems) < MAX_PROBLEMS_SHOWN:
                     result.problems.append(str(item))
                 continue
-            batch.append(item)
+            batch.append(attribute(item, held) if held is not None else item)
             result.imported += 1
             if len(batch) >= BATCH:
                 store.append(batch)

@@ -92,3 +92,27 @@ def test_unknown_format_is_one_clear_error(tmp_path: Path) -> None:
     path.write_text("hello\n")
     with pytest.raises(AuditorError, match=r"what.txt: cannot tell the format of this file \(fix: pass --format"):
         import_file([path], str(tmp_path / "e.db"))
+
+
+def test_import_attributes_sources_with_an_inventory_snapshot(tmp_path: Path) -> None:
+    from datetime import UTC, datetime
+
+    from auditor.k8s.inventory import Holding, InventoryConfig, InventorySnapshot, save_snapshot
+
+    snap = InventorySnapshot(
+        taken_at=datetime(2025, 12, 1, tzinfo=UTC),
+        config=InventoryConfig(),
+        pod_cidrs=["10.42.0.0/16"],
+        holdings=[
+            Holding(ip="10.42.0.17", kind="pod", name="agent-7c9d6b5f4-x2kqv", namespace="gretel-hybrid", uid="u1",
+                    workload="agent", node="node-a", start=datetime(2025, 11, 1, tzinfo=UTC)),
+        ],
+    )
+    snapshot = tmp_path / "inventory.json"
+    save_snapshot(snap, snapshot)
+    files = [_write(tmp_path / "conn.log", CONN), _write(tmp_path / "ssl.log", SSL)]
+    store = str(tmp_path / "e.db")
+    result = import_file(files, store, "zeek", inventory=snapshot)
+    assert result.rejected == 0
+    flow = next(e for e in open_store(store).events() if e.kind == "flow" and e.destination.port == 443)
+    assert flow.source.pod == "agent-7c9d6b5f4-x2kqv" and flow.source.scope == "pod" and flow.source.workload == "agent"
