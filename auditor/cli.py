@@ -56,11 +56,12 @@ def import_(
     store: StoreOpt,
     fmt: Annotated[str, typer.Option("--format", help="auto, har, zeek, hubble, mitm, pcap.")] = "auto",
     sensor_id: Annotated[Optional[str], typer.Option("--sensor-id", help="Chain the imported events under this id.")] = None,
+    inventory: Annotated[Optional[Path], typer.Option("--inventory", help="Attribute sources with an `auditor k8s snapshot` file.")] = None,
 ) -> None:
     """Turn evidence captured with other tools into events in the store."""
     from auditor.importers import import_file
 
-    result = import_file(files, store, fmt, sensor_id)  # type: ignore[arg-type]
+    result = import_file(files, store, fmt, sensor_id, inventory)  # type: ignore[arg-type]
     for problem in result.problems:
         err.print(problem, highlight=False, markup=False)
     console.print(
@@ -213,12 +214,16 @@ def rules_show(
     pack: PackOpt = None,
     overlay: OverlayOpt = None,
     all_rules: Annotated[bool, typer.Option("--rules", help="Also list every rule.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine output: the composed pack.")] = False,
 ) -> None:
     """What is allowed, to whom, how, and which line of the contract says so."""
     from auditor.rules import load_pack
-    from auditor.rules.explain import contract_table, forbidden_table, kinds_table, pack_table, rules_table
+    from auditor.rules.explain import contract_table, forbidden_table, kinds_table, pack_json, pack_table, rules_table
 
     loaded = load_pack(pack, overlay or [])
+    if as_json:
+        console.print_json(pack_json(loaded))
+        return
     console.print(pack_table(loaded))
     console.print(contract_table(loaded))
     console.print(kinds_table(loaded))
@@ -566,6 +571,8 @@ def probe(
     cidr: Annotated[Optional[list[str]], typer.Option("--cluster-cidr", help="Inside the cluster (default: the overlay's, else private ranges); repeatable.")] = None,
     dns_server: Annotated[Optional[list[str]], typer.Option("--cluster-dns", help="The cluster's resolver IP (default: the overlay's); repeatable.")] = None,
     proxy: Annotated[Optional[list[str]], typer.Option("--proxy", help="Audit proxy IP:PORT for bypass checks (default: the overlay's); repeatable.")] = None,
+    inventory: Annotated[Optional[Path], typer.Option("--inventory", help="Kubernetes inventory snapshot (auditor k8s snapshot) naming pods and nodes.")] = None,
+    kubernetes: Annotated[bool, typer.Option("--kubernetes", help="Watch the Kubernetes API to name pods and nodes (live capture).")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
 ) -> None:
     """Capture flows, DNS and TLS/QUIC server names (live or from a file) into the store; Ctrl-C flushes and stops."""
@@ -582,6 +589,7 @@ def probe(
         raise AuditorError(f"sensor id {sensor_id!r} must start with 'probe'", fix="e.g. --sensor-id probe-node1")
     options = ProbeOptions(
         store=store, pcap=pcap, iface=iface, bpf=bpf or DEFAULT_BPF, duration=duration, pack=pack, overlays=overlay or [],
+        inventory=inventory, kubernetes=kubernetes,
         config=ProbeConfig(sensor_id=sensor_id, cluster_cidrs=cidr or [], cluster_dns=dns_server or [], proxies=proxy or []),
     )
     stop = threading.Event()
