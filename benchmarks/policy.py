@@ -34,6 +34,8 @@ from auditor.model import (
 )
 from auditor.rules import evaluate, load_pack, shipped_path
 
+import store_ingest  # benchmarks/store_ingest.py: the store half of this benchmark
+
 CHUNK = 50_000
 REGISTRY = "074762682575.dkr.ecr.us-west-2.amazonaws.com"
 LAYER_BUCKET = "prod-us-west-2-starport-layer-bucket"
@@ -140,6 +142,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=1_000_000)
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--ingest-events", type=int, default=200_000, help="events for the store ingest half")
     args = parser.parse_args()
 
     pack = load_pack(None, [shipped_path("site-example.yaml")])
@@ -186,6 +189,8 @@ def main() -> None:
     print(f"reference (bare dict lookup of the host): {ref_rate:,.0f} lookups/s wall, {ref_cpu_rate:,.0f}/s per CPU second")
     print(f"ratio policy/reference: {rate / ref_rate:.3f} wall, {cpu_rate / ref_cpu_rate:.3f} CPU  ({ref_rate / rate:.1f}x the cost of a dict lookup)")
     print("decisions: " + ", ".join(f"{k} {v:,}" for k, v in sorted(actions.items())))
+    print()
+    store_ingest.main(args.ingest_events)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,6 @@ from auditor.model import Destination, EgressEvent, HttpInfo, PayloadInfo, Sourc
 from auditor.store.chain import json_doc, link
 from auditor.store.sqlite import SqliteStore, time_us
 
-N = int(sys.argv[1]) if len(sys.argv) > 1 else 200_000
 BATCH = 1_000
 
 
@@ -35,8 +34,8 @@ def synthetic(n: int) -> list[EgressEvent]:
     ]
 
 
-def main() -> None:
-    events = synthetic(N)
+def main(n: int = 200_000) -> None:
+    events = synthetic(n)
     with tempfile.TemporaryDirectory() as tmp:
         # the reference gets the finished rows for free: only the insert is timed
         rows = [lk.row() for lk in link(
@@ -52,23 +51,23 @@ def main() -> None:
         )
         bare.execute("CREATE INDEX records_time ON records (kind, time_us)")
         t = time.perf_counter()
-        for i in range(0, N, BATCH):
+        for i in range(0, n, BATCH):
             bare.execute("BEGIN")
             bare.executemany("INSERT INTO records VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows[i : i + BATCH])
             bare.execute("COMMIT")
-        bare_rate = N / (time.perf_counter() - t)
+        bare_rate = n / (time.perf_counter() - t)
 
         store = SqliteStore(Path(tmp) / "store.db")
         t = time.perf_counter()
-        for i in range(0, N, BATCH):
+        for i in range(0, n, BATCH):
             store.append(events[i : i + BATCH])
-        ours = N / (time.perf_counter() - t)
-        assert store.count() == N and store.verify().ok
-    print(f"store ingest, {N} events in batches of {BATCH}")
+        ours = n / (time.perf_counter() - t)
+        assert store.count() == n and store.verify().ok
+    print(f"store ingest, {n} events in batches of {BATCH}")
     print(f"  bare sqlite3 executemany (reference): {bare_rate:>10,.0f} rows/s")
     print(f"  SqliteStore.append (serialise+chain): {ours:>10,.0f} events/s")
     print(f"  ratio: {ours / bare_rate:.2f} (target >= 0.50)")
 
 
 if __name__ == "__main__":
-    main()
+    main(int(sys.argv[1]) if len(sys.argv) > 1 else 200_000)
