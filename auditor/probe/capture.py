@@ -1,0 +1,399 @@
+"""Where packets come from: pcap and pcapng files (gzip'd or not), or a live
+interface through libpcap with a BPF prefilter so only what the probe needs
+reaches Python.
+
+Both sources yield `(time_us, linktype, frame, wire_length)`. A file that ends
+mid-record, or a record that lies about its size, stops the reader cleanly with
+`problem` set: everything before it is still delivered. Live capture exposes the
+kernel's and libpcap's drop counters, which the runner chains into the store.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import select
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
+from struct import Struct
+from typing import BinaryIO
+
+from pydantic import BaseModel
+
+from auditor.errors import AuditorError
+from auditor.probe.dissect import LINK_ETHERNET, LINK_SLL2
+
+Frame = tuple[int, int, bytes, int]  # time in microseconds, linktype, captured bytes, length on the wire
+
+CHUNK = 1 << 22
+MAX_RECORD = 1 << 18  # larger than any snaplen libpcap uses: a bigger record means corruption
+MAX_BLOCK = 1 << 24
+DEFAULT_BPF = "ip or ip6 or (vlan and (ip or ip6))"
+
+
+class CaptureStats(BaseModel):
+    """Counters as libpcap reports them: `dropped` by the kernel (buffer full),
+    `if_dropped` by the interface or driver."""
+
+    received: int = 0
+    dropped: int = 0
+    if_dropped: int = 0
+
+
+class _Gunzip:
+    """gzip without the all-or-nothing: a cut-off stream yields what it holds, and says so."""
+
+    def __init__(self, raw: BinaryIO) -> None:
+        self._raw = raw
+        self._z = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        self._buf = b""
+        self._eof = False
+        self.truncated = False
+
+    def read(self, n: int = -1) -> bytes:
+        while (n < 0 or len(self._buf) < n) and not self._eof:
+            chunk = self._raw.read(1 << 20)
+            if not chunk:
+                self._eof = True
+                self.truncated = not self._z.eof
+                break
+            try:
+                self._buf += self._z.decompress(chunk)
+                while self._z.eof and self._z.unused_data:  # concatenated members
+                    rest = self._z.unused_data
+                    self._z = zlib.decompressobj(16 + zlib.MAX_WBITS)
+                    self._buf += self._z.decompress(rest)
+            except zlib.error as exc:
+                raise OSError(f"corrupt gzip stream: {exc}") from exc
+        if n < 0:
+            out, self._buf = self._buf, b""
+        else:
+            out, self._buf = self._buf[:n], self._buf[n:]
+        return out
+
+    def close(self) -> None:
+        self._raw.close()
+
+
+def _open(path: Path) -> BinaryIO | _Gunzip:
+    try:
+        fh = path.open("rb")
+    except OSError as exc:
+        raise AuditorError(f"cannot open capture: {exc.strerror}", file=str(path), fix="check the path and permissions") from exc
+    if fh.read(2) == b"\x1f\x8b":
+        fh.seek(0)
+        return _Gunzip(fh)
+    fh.seek(0)
+    return fh
+
+
+class FileCapture:
+    """pcap (micro- or nanosecond, either byte order) and pcapng, plain or gzip'd."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.problem: str | None = None  # set when the file ends early or is corrupt
+        self.interface_drops = 0  # from pcapng interface statistics blocks
+        self.packets = 0
+        self._fh = _open(self.path)
+        head = self._fh.read(4)
+        if len(head) < 4:
+            self._fh.close()
+            raise AuditorError("not a capture file: too short", file=str(self.path), fix="pass a pcap or pcapng file")
+        self._head = head
+        if head == b"\x0a\x0d\x0d\x0a":
+            self.format = "pcapng"
+        elif head in (b"\xd4\xc3\xb2\xa1", b"\xa1\xb2\xc3\xd4", b"\x4d\x3c\xb2\xa1", b"\xa1\xb2\x3c\x4d"):
+            self.format = "pcap"
+        else:
+            self._fh.close()
+            raise AuditorError(
+                f"not a pcap or pcapng file (starts with {head.hex()})", file=str(self.path), fix="pass a pcap or pcapng capture, optionally gzip'd"
+            )
+
+    def close(self) -> None:
+        self._fh.close()
+
+    def _gzip_cut(self) -> None:
+        if isinstance(self._fh, _Gunzip) and self._fh.truncated:
+            self.problem = (self.problem + "; " if self.problem else "") + "gzip stream cut short (truncated capture)"
+
+    def __enter__(self) -> FileCapture:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def frames(self) -> Iterator[Frame]:
+        """Every frame in order. A read error (a broken gzip stream) ends the iteration
+        with `problem` set, like a truncated file."""
+        return self._pcap() if self.format == "pcap" else self._pcapng()
+
+    def _pcap(self) -> Iterator[Frame]:
+        rest = self._fh.read(20)
+        if len(rest) < 20:
+            self.problem = "pcap global header truncated"
+            return
+        magic = self._head
+        endian = "<" if magic in (b"\xd4\xc3\xb2\xa1", b"\x4d\x3c\xb2\xa1") else ">"
+        nano = magic in (b"\x4d\x3c\xb2\xa1", b"\xa1\xb2\x3c\x4d")
+        _, _, _, _, snaplen, network = Struct(endian + "HHiIII").unpack(rest)
+        linktype = network & 0x0FFFFFFF
+        limit = max(snaplen, MAX_RECORD)
+        rec = Struct(endian + "IIII").unpack_from
+        buf = b""
+        off = 0
+        fh = self._fh
+        count = 0
+        eof = False
+        while True:
+            n = len(buf)
+            while off + 16 <= n:
+                sec, frac, incl, orig = rec(buf, off)
+                if incl > limit:
+                    self.packets = count
+                    self.problem = f"record {count + 1} claims {incl} bytes (snaplen {snaplen}): corrupt file"
+                    return
+                end = off + 16 + incl
+                if end > n:
+                    break
+                count += 1
+                yield (sec * 1_000_000 + (frac // 1000 if nano else frac), linktype, buf[off + 16 : end], orig)
+                off = end
+            if eof:
+                if off < n:
+                    self.problem = f"file ends inside record {count + 1}: {n - off} stray bytes (truncated capture)"
+                self._gzip_cut()
+                break
+            try:
+                more = fh.read(CHUNK)
+            except OSError as exc:
+                self.problem = f"read error after {count} packets: {exc}"
+                more = b""
+            eof = not more
+            buf = buf[off:] + more
+            off = 0
+        self.packets = count
+
+    def _pcapng(self) -> Iterator[Frame]:
+        """Blocks read in chunks, so a capture of any size streams in bounded memory."""
+        fh = self._fh
+        buf = self._head
+        off = 0
+        eof = False
+        endian = "<"
+        ifaces: list[tuple[int, int, int, int]] = []  # linktype, multiplier, divisor, offset seconds
+        count = 0
+        while True:
+            n = len(buf)
+            while off + 12 <= n:
+                if buf[off : off + 4] == b"\x0a\x0d\x0d\x0a":
+                    endian = "<" if buf[off + 8 : off + 12] == b"\x4d\x3c\x2b\x1a" else ">"
+                    ifaces = []
+                btype, blen = Struct(endian + "II").unpack_from(buf, off)
+                if blen < 12 or blen % 4 or blen > MAX_BLOCK:
+                    self.packets = count
+                    self.problem = f"pcapng block after packet {count} claims {blen} bytes: corrupt capture"
+                    return
+                if off + blen > n:
+                    break
+                frame = self._block(buf, off, btype, blen, endian, ifaces)
+                if isinstance(frame, str):
+                    self.packets = count
+                    self.problem = frame
+                    return
+                if frame is not None:
+                    count += 1
+                    yield frame
+                off += blen
+            if eof:
+                if off < n:
+                    self.problem = f"file ends inside a pcapng block after packet {count} (truncated capture)"
+                self._gzip_cut()
+                break
+            try:
+                more = fh.read(CHUNK)
+            except OSError as exc:
+                self.problem = f"read error after {count} packets: {exc}"
+                more = b""
+            eof = not more
+            buf = buf[off:] + more
+            off = 0
+        self.packets = count
+
+    def _block(self, data: bytes, pos: int, btype: int, blen: int, endian: str, ifaces: list[tuple[int, int, int, int]]) -> Frame | str | None:
+        """One pcapng block: a frame, None for a block that carries none, or a problem."""
+        body = pos + 8
+        if btype == 1 and blen >= 20:
+            linktype = Struct(endian + "H").unpack_from(data, body)[0]
+            mul, div, offs = 1, 1, 0
+            for code, value in _options(data, body + 8, pos + blen - 4, endian):
+                if code == 9 and value:
+                    res = value[0]
+                    mul, div = 1_000_000, 2 ** (res & 0x7F) if res & 0x80 else 10 ** (res & 0x7F)
+                elif code == 14 and len(value) == 8:
+                    offs = Struct(endian + "q").unpack(value)[0]
+            ifaces.append((linktype, mul, div, offs))
+        elif btype in (6, 2) and blen >= 32:
+            if btype == 6:
+                iface, hi, lo, caplen, orig = Struct(endian + "IIIII").unpack_from(data, body)
+            else:
+                iface, _, hi, lo, caplen, orig = Struct(endian + "HHIIII").unpack_from(data, body)
+            start = body + 20
+            if iface >= len(ifaces) or start + caplen > pos + blen:
+                return f"pcapng packet block is inconsistent (interface {iface}, {caplen} bytes)"
+            linktype, mul, div, offs = ifaces[iface]
+            return (((hi << 32) | lo) * mul // div + offs * 1_000_000, linktype, data[start : start + caplen], orig)
+        elif btype == 3 and blen >= 16 and ifaces:
+            orig = Struct(endian + "I").unpack_from(data, body)[0]
+            return (0, ifaces[0][0], data[body + 4 : body + 4 + min(orig, blen - 16)], orig)
+        elif btype == 5 and blen >= 24:
+            for code, value in _options(data, body + 12, pos + blen - 4, endian):
+                if code == 5 and len(value) == 8:
+                    self.interface_drops += Struct(endian + "Q").unpack(value)[0]
+        return None
+
+
+def _options(data: bytes, pos: int, end: int, endian: str) -> Iterator[tuple[int, bytes]]:
+    head = Struct(endian + "HH").unpack_from
+    while pos + 4 <= end:
+        code, length = head(data, pos)
+        if code == 0:
+            return
+        yield code, data[pos + 4 : pos + 4 + length]
+        pos += 4 + ((length + 3) & ~3)
+
+
+# ---------------------------------------------------------------- live capture (libpcap)
+
+
+class _Header(ctypes.Structure):
+    _fields_ = [("sec", ctypes.c_long), ("usec", ctypes.c_long), ("caplen", ctypes.c_uint32), ("len", ctypes.c_uint32)]
+
+
+class _Stat(ctypes.Structure):
+    _fields_ = [("recv", ctypes.c_uint), ("drop", ctypes.c_uint), ("ifdrop", ctypes.c_uint)]
+
+
+class _Program(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_uint), ("insns", ctypes.c_void_p)]
+
+
+def _libpcap() -> ctypes.CDLL:
+    name = ctypes.util.find_library("pcap")
+    if not name:
+        raise AuditorError("libpcap is not installed", fix="apt-get install -y libpcap0.8 (Debian) or your system's libpcap")
+    lib = ctypes.CDLL(name)
+    p = ctypes.c_void_p
+    sigs = {
+        "pcap_create": (p, [ctypes.c_char_p, ctypes.c_char_p]),
+        "pcap_set_snaplen": (ctypes.c_int, [p, ctypes.c_int]),
+        "pcap_set_promisc": (ctypes.c_int, [p, ctypes.c_int]),
+        "pcap_set_timeout": (ctypes.c_int, [p, ctypes.c_int]),
+        "pcap_set_buffer_size": (ctypes.c_int, [p, ctypes.c_int]),
+        "pcap_set_immediate_mode": (ctypes.c_int, [p, ctypes.c_int]),
+        "pcap_activate": (ctypes.c_int, [p]),
+        "pcap_geterr": (ctypes.c_char_p, [p]),
+        "pcap_statustostr": (ctypes.c_char_p, [ctypes.c_int]),
+        "pcap_compile": (ctypes.c_int, [p, ctypes.POINTER(_Program), ctypes.c_char_p, ctypes.c_int, ctypes.c_uint32]),
+        "pcap_setfilter": (ctypes.c_int, [p, ctypes.POINTER(_Program)]),
+        "pcap_freecode": (None, [ctypes.POINTER(_Program)]),
+        "pcap_next_ex": (ctypes.c_int, [p, ctypes.POINTER(ctypes.POINTER(_Header)), ctypes.POINTER(ctypes.c_void_p)]),
+        "pcap_stats": (ctypes.c_int, [p, ctypes.POINTER(_Stat)]),
+        "pcap_datalink": (ctypes.c_int, [p]),
+        "pcap_set_datalink": (ctypes.c_int, [p, ctypes.c_int]),
+        "pcap_close": (None, [p]),
+        "pcap_setnonblock": (ctypes.c_int, [p, ctypes.c_int, ctypes.c_char_p]),
+        "pcap_get_selectable_fd": (ctypes.c_int, [p]),
+    }
+    for fn, (res, args) in sigs.items():
+        func = getattr(lib, fn)
+        func.restype = res
+        func.argtypes = args
+    return lib
+
+
+class LiveCapture:
+    """One libpcap handle: snaplen large enough for a ClientHello, a kernel buffer
+    sized for bursts, a read timeout so the caller regains control regularly."""
+
+    def __init__(
+        self, iface: str = "any", bpf: str | None = DEFAULT_BPF, *, snaplen: int = 4096, buffer_mb: int = 64, timeout_ms: int = 100
+    ) -> None:
+        self.iface = iface
+        self.bpf = bpf
+        self._lib = _libpcap()
+        errbuf = ctypes.create_string_buffer(256)
+        handle = self._lib.pcap_create(iface.encode(), errbuf)
+        if not handle:
+            raise AuditorError(f"cannot open interface {iface}: {errbuf.value.decode(errors='replace')}", fix="pass --iface with an existing interface")
+        self._h = handle
+        self._lib.pcap_set_snaplen(handle, snaplen)
+        self._lib.pcap_set_promisc(handle, 0)
+        self._lib.pcap_set_timeout(handle, timeout_ms)
+        self._lib.pcap_set_buffer_size(handle, buffer_mb << 20)
+        self._lib.pcap_set_immediate_mode(handle, 0)
+        rc = self._lib.pcap_activate(handle)
+        if rc < 0:
+            detail = (self._lib.pcap_geterr(handle) or self._lib.pcap_statustostr(rc) or b"").decode(errors="replace")
+            self._lib.pcap_close(handle)
+            self._h = None
+            fix = "run as root or grant CAP_NET_RAW and CAP_NET_ADMIN" if rc in (-8, -3) else "check --iface"
+            raise AuditorError(f"cannot capture on {iface}: {detail}", fix=fix)
+        if iface == "any":
+            self._lib.pcap_set_datalink(handle, LINK_SLL2)  # carries the interface index; falls back to SLL
+        self.linktype = int(self._lib.pcap_datalink(handle))
+        if bpf == DEFAULT_BPF and self.linktype != LINK_ETHERNET:
+            bpf = self.bpf = "ip or ip6"  # cooked captures carry no VLAN tags: the kernel has removed them
+        if bpf:
+            prog = _Program()
+            if self._lib.pcap_compile(handle, ctypes.byref(prog), bpf.encode(), 1, 0xFFFFFFFF) < 0:
+                detail = (self._lib.pcap_geterr(handle) or b"").decode(errors="replace")
+                self.close()
+                raise AuditorError(f"bad BPF filter {bpf!r}: {detail}", fix="use tcpdump filter syntax, e.g. 'tcp or udp'")
+            rc = self._lib.pcap_setfilter(handle, ctypes.byref(prog))
+            self._lib.pcap_freecode(ctypes.byref(prog))
+            if rc < 0:
+                detail = (self._lib.pcap_geterr(handle) or b"").decode(errors="replace")
+                self.close()
+                raise AuditorError(f"cannot set BPF filter: {detail}")
+        self._hdr = ctypes.POINTER(_Header)()
+        self._data = ctypes.c_void_p()
+        # A read timeout alone may never fire when no packet arrives, so the handle is
+        # non-blocking and we wait on its descriptor ourselves.
+        self._lib.pcap_setnonblock(handle, 1, errbuf)
+        self._poll = select.poll()
+        self._poll.register(self._lib.pcap_get_selectable_fd(handle), select.POLLIN)
+        self._timeout_ms = timeout_ms
+
+    def next(self) -> Frame | None:
+        """The next frame, or None when the read timeout passed with nothing."""
+        rc = self._lib.pcap_next_ex(self._h, ctypes.byref(self._hdr), ctypes.byref(self._data))
+        if rc == 0:
+            self._poll.poll(self._timeout_ms)
+            rc = self._lib.pcap_next_ex(self._h, ctypes.byref(self._hdr), ctypes.byref(self._data))
+        if rc == 1:
+            h = self._hdr.contents
+            return (h.sec * 1_000_000 + h.usec, self.linktype, ctypes.string_at(self._data.value, h.caplen), h.len)
+        if rc == 0:
+            return None
+        detail = (self._lib.pcap_geterr(self._h) or b"").decode(errors="replace")
+        raise AuditorError(f"capture on {self.iface} failed: {detail}")
+
+    def stats(self) -> CaptureStats:
+        st = _Stat()
+        if self._h is None or self._lib.pcap_stats(self._h, ctypes.byref(st)) < 0:
+            return CaptureStats()
+        return CaptureStats(received=st.recv, dropped=st.drop, if_dropped=st.ifdrop)
+
+    def close(self) -> None:
+        if self._h is not None:
+            self._lib.pcap_close(self._h)
+            self._h = None
+
+    def __enter__(self) -> LiveCapture:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

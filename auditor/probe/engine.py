@@ -1,0 +1,773 @@
+"""The probe's engine: frames in, EgressEvents out.
+
+One class keeps the hot path in one place (a bulk TCP segment is a header
+decode, one dict lookup and four counter updates); everything slower happens
+once per flow or once per lookup. The engine records facts and observations
+only: judging is the policy's job, storing is the runner's.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import socket
+from collections import Counter, OrderedDict
+from collections.abc import Iterable
+from dataclasses import dataclass
+from itertools import islice
+from datetime import UTC, datetime, timedelta
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, Field, field_validator
+
+from auditor.model import DnsInfo, EgressEvent, FlowInfo, HttpInfo, Source, Destination
+from auditor.probe import dissect as dx
+from auditor.probe.dissect import (
+    ACK,
+    FIN,
+    FRAGMENT,
+    ICMP,
+    ICMPV6,
+    RST,
+    SYN,
+    TCP,
+    UDP,
+    ClientHello,
+    DnsMessage,
+    Malformed,
+    decode,
+    http_request,
+    ip_text,
+    parse_dns,
+    qtype_name,
+    tls_client_hello,
+)
+from auditor.probe.dns import DOH_HOSTS, DOH_IPS, Provenance, Resolution, TunnelDetector, TunnelLimits, names_of
+from auditor.probe.flows import (
+    INSP_DNS,
+    INSP_DONE,
+    INSP_FIRST,
+    INSP_HTTP,
+    INSP_QUIC,
+    INSP_TLS,
+    Flow,
+    FlowTable,
+    Networks,
+    direction,
+    orient,
+)
+from auditor.probe.quic import CryptoStream, is_long_header
+from auditor.redact import redact_query
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_S = 1_000_000
+MAX_STREAM = 65536
+
+
+def when(time_us: int) -> datetime:
+    return _EPOCH + timedelta(microseconds=time_us)
+
+
+class ProbeConfig(BaseModel):
+    """What the probe needs to know about the site; from the pack's overlay or flags."""
+
+    sensor_id: str = "probe"
+    cluster_cidrs: list[str] = Field(default_factory=list)  # empty: private, loopback, link-local ranges
+    cluster_dns: list[str] = Field(default_factory=list)  # empty: any resolver inside the cluster is the cluster's
+    proxies: list[str] = Field(default_factory=list)  # "ip:port" of the audit proxy
+    check_bypass: bool | None = None  # None: when a proxy is configured
+    tcp_idle_s: int = 300
+    udp_idle_s: int = 60
+    icmp_idle_s: int = 60
+    linger_s: int = 2  # a closed TCP flow waits this long for its last packets
+    dns_timeout_s: int = 5
+    dns_warmup_s: int = 0  # flows this soon after start are not direct-ip for want of a lookup
+    max_flows: int = 200_000
+    max_pending_dns: int = 50_000
+    icmp_payload_max: int = 64  # bytes of echo payload; ping sends 56 (Linux) or 32 (Windows)
+    malformed_events_per_reason: int = 100
+    tunnel: TunnelLimits = Field(default_factory=TunnelLimits)
+
+    @field_validator("cluster_cidrs")
+    @classmethod
+    def _cidrs(cls, value: list[str]) -> list[str]:
+        for cidr in value:
+            ipaddress.ip_network(cidr, strict=False)  # ValueError names the bad one
+        return value
+
+    @field_validator("cluster_dns")
+    @classmethod
+    def _resolvers(cls, value: list[str]) -> list[str]:
+        return [str(ipaddress.ip_address(ip)) for ip in value]
+
+    @field_validator("proxies")
+    @classmethod
+    def _proxies(cls, value: list[str]) -> list[str]:
+        out = []
+        for proxy in value:
+            host, sep, port = proxy.rpartition(":")
+            if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ValueError(f"proxy {proxy!r} is not IP:PORT")
+            out.append(f"{ipaddress.ip_address(host.strip('[]'))}:{int(port)}")
+        return out
+
+    def digest(self) -> str:
+        return "sha256:" + hashlib.sha256(self.model_dump_json().encode()).hexdigest()
+
+    @property
+    def bypass_enabled(self) -> bool:
+        return bool(self.proxies) if self.check_bypass is None else self.check_bypass
+
+
+@dataclass
+class _Query:
+    time_us: int
+    qname: str
+    qtype: str
+    over: str
+    client: bytes
+    cport: int
+    server: bytes
+    sport: int
+    signs: list[str]
+
+
+class ProbeStats(BaseModel):
+    packets: int = 0
+    bytes: int = 0
+    non_ip: int = 0
+    fragments: int = 0
+    other_protocols: dict[str, int] = Field(default_factory=dict)
+    malformed: dict[str, int] = Field(default_factory=dict)
+    flows: int = 0
+    active_flows: int = 0
+    evicted_flows: int = 0
+    dns: int = 0
+    tls: int = 0
+    events: int = 0
+    observations: dict[str, int] = Field(default_factory=dict)
+
+
+class Probe:
+    """Feed it frames with `packet`; collect events from `out` (and `held`: flows
+    whose proxy coverage must be checked before they are final)."""
+
+    def __init__(self, config: ProbeConfig | None = None, *, networks: Networks | None = None) -> None:
+        self.config = cfg = config or ProbeConfig()
+        self.nets = networks or Networks(cfg.cluster_cidrs or None)
+        self.table = FlowTable(cfg.max_flows)
+        self._keys = self.table.keys
+        self.provenance = Provenance()
+        self.tunnels = TunnelDetector(cfg.tunnel)
+        self.pending: OrderedDict[tuple[bytes, bytes, int, int], _Query] = OrderedDict()
+        self.out: list[EgressEvent] = []
+        self.held: list[EgressEvent] = []
+        self.cluster_dns = {socket.inet_pton(socket.AF_INET6 if ":" in ip else socket.AF_INET, ip) for ip in cfg.cluster_dns}
+        self.proxies: set[tuple[str, int]] = set()
+        for proxy in cfg.proxies:
+            host, _, port = proxy.rpartition(":")
+            self.proxies.add((host.strip("[]"), int(port)))
+        self.packets = 0
+        self.bytes = 0
+        self.non_ip = 0
+        self.fragments = 0
+        self.other: Counter[int] = Counter()
+        self.malformed: Counter[str] = Counter()
+        self.obs_counts: Counter[str] = Counter()
+        self.flows_out = 0
+        self.dns_out = 0
+        self.tls_out = 0
+        self.start_us = 0
+        self.now_us = 0
+        self._next_sweep = 0
+        self._sweep_every = _S
+
+    # ------------------------------------------------------------ hot path
+
+    def packet(self, ts: int, linktype: int, data: bytes, wirelen: int) -> None:
+        """One frame (live capture hands them over one at a time)."""
+        self.feed(((ts, linktype, data, wirelen),), 1)
+
+    def feed(self, frames: Iterable[tuple[int, int, bytes, int]], limit: int) -> int:
+        """Up to `limit` frames from `frames`; returns how many were read (0: none left).
+        The loop holds the fast path itself: a call per packet is a cost at this rate."""
+        keys = self._keys
+        slow = self._slow
+        n = 0
+        nbytes = 0
+        next_sweep = self._next_sweep
+        for ts, linktype, data, wirelen in islice(frames, limit):
+            n += 1
+            nbytes += wirelen
+            if ts >= next_sweep:
+                self.tick(ts)
+                next_sweep = self._next_sweep
+            # Fast path: IPv4/TCP without IP options on a known flow with nothing left to
+            # read, behind Ethernet, SLL or SLL2. Most packets of a busy node are these.
+            if len(data) >= 54:
+                if linktype == 1:
+                    off = 14 if data[12] == 8 and data[13] == 0 else 0
+                elif linktype == 276:
+                    off = 20 if data[0] == 8 and data[1] == 0 else 0
+                elif linktype == 113:
+                    off = 16 if data[14] == 8 and data[15] == 0 else 0
+                else:
+                    off = 0
+                if off and data[off] == 0x45 and data[off + 9] == 6 and len(data) >= off + 40:
+                    l4 = off + 20
+                    entry = keys.get((6, data[off + 12 : l4], (data[l4] << 8) | data[l4 + 1], (data[l4 + 2] << 8) | data[l4 + 3]))
+                    if entry is not None:
+                        flow = entry[0]
+                        total = (data[off + 2] << 8) | data[off + 3]
+                        plen = total - 20 - ((data[l4 + 12] >> 4) << 2)
+                        if (not flow.insp or plen == 0) and not data[l4 + 13] & 7 and total and not (data[off + 6] & 0x3F or data[off + 7]):
+                            side = entry[1]
+                            flow.last = ts
+                            flow.pk[side] += 1
+                            flow.by[side] += plen
+                            continue
+            slow(ts, linktype, data)
+        self.packets += n
+        self.bytes += nbytes
+        return n
+
+    def _slow(self, ts: int, linktype: int, data: bytes) -> None:
+        """Everything the fast path does not take: full decode, new flows, payloads."""
+        try:
+            d = decode(linktype, data)
+        except Malformed as exc:
+            self._malformed(ts, exc.reason, None)
+            return
+        if d is None:
+            self.non_ip += 1
+            return
+        proto, addrs, alen, sport, dport, flags, seq, poff, pend = d
+        if proto == TCP or proto == UDP:
+            ks, kd = sport, dport
+        elif proto == ICMP or proto == ICMPV6:
+            ks, kd = (seq, seq) if sport in (0, 8, 128, 129) else (256 + sport, dport)
+        elif proto == FRAGMENT:
+            self.fragments += 1
+            return
+        else:
+            self.other[proto] += 1
+            return
+        key = (proto, addrs, ks, kd)
+        entry = self.table.keys.get(key)
+        if entry is None or (proto == TCP and flags & 0x12 == SYN and entry[0].closed_at):
+            if entry is not None:
+                self.table.remove(entry[0])
+                self._emit_flow(entry[0])
+            flow, side = self._new_flow(proto, addrs, alen, ks, kd, flags, ts, sport)
+        else:
+            flow, side = entry
+        flow.last = ts
+        flow.pk[side] += 1
+        plen = pend - poff
+        flow.by[side] += plen
+        if proto == TCP:
+            if flags & 7:
+                self._tcp_flags(flow, side, flags, ts, seq)
+            if plen > 0 and flow.insp:
+                self._inspect_tcp(flow, side, data[poff:pend], seq + 1 if flags & SYN else seq, ts)
+        elif proto == UDP:
+            if flow.dns_only:
+                self._dns_datagram(flow, side, data[poff:pend], ts, "udp")
+            elif flow.insp and side == 0:
+                self._inspect_udp(flow, data[poff:pend], ts)
+        elif plen > flow.icmp_max and sport in (0, 8, 128, 129):
+            flow.icmp_max = plen
+
+    def _new_flow(
+        self, proto: int, addrs: bytes, alen: int, sport: int, dport: int, flags: int, ts: int, itype: int
+    ) -> tuple[Flow, int]:
+        rev = orient(proto, sport, dport, flags, itype)
+        if rev:
+            flow = Flow(proto, addrs[alen:] + addrs[:alen], alen, dport, sport, ts)
+        else:
+            flow = Flow(proto, addrs, alen, sport, dport, ts)
+        if proto == TCP:
+            flow.midstream = not flags & SYN
+            if flow.midstream:
+                flow.notes.append("started before the capture: the opener is inferred from the ports")
+            flow.insp = INSP_DNS if 53 in (sport, dport) else INSP_FIRST
+        elif proto == UDP and not flow.dns_only:
+            flow.insp = INSP_QUIC
+        if len(self.table) >= self.config.max_flows:
+            for old in self.table.evict():
+                old.notes.append("flushed early: the flow table was full")
+                self._emit_flow(old)
+        self.table.add(flow)
+        return flow, 1 if rev else 0
+
+    def _tcp_flags(self, f: Flow, side: int, flags: int, ts: int, seq: int) -> None:
+        if flags & SYN:
+            if flags & ACK:
+                if side == 1:
+                    f.synack = True
+            elif side == 0:
+                f.syn = True
+                f.nseq = (seq + 1) & 0xFFFFFFFF  # the client's first data byte
+        if flags & RST and not f.rst:
+            f.rst = True
+            f.rst_side = side
+            f.closed_at = ts
+        if flags & FIN:
+            f.fin |= 1 << side
+            if f.fin == 3 and not f.closed_at:
+                f.closed_at = ts
+
+    # ------------------------------------------------------------ payload inspection
+
+    def _inspect_tcp(self, f: Flow, side: int, payload: bytes, seq: int, ts: int) -> None:
+        if f.insp == INSP_DNS:
+            self._dns_stream(f, side, payload, ts)
+            return
+        if side:
+            if f.insp == INSP_FIRST and f.pk[1] > 16:
+                f.insp = INSP_DONE  # the server talks and the client never does: nothing to read
+            return
+        if f.insp == INSP_FIRST:
+            if f.nseq < 0:
+                f.nseq = seq  # no SYN seen: take the stream from here
+            gap = (seq - f.nseq) & 0xFFFFFFFF
+            if gap:
+                if gap < 0x80000000 and len(f.ooo or ()) < 32:  # ahead of the first byte: keep it for later
+                    if f.ooo is None:
+                        f.ooo = {}
+                    f.ooo[seq] = payload
+                return
+            first = payload[0]
+            if first == 0x16:
+                f.insp = INSP_TLS
+            elif dx.looks_like_http(payload):
+                f.insp = INSP_HTTP
+            else:
+                f.insp = INSP_DONE
+                return
+            f.buf = bytearray()
+        buf = f.buf
+        assert buf is not None
+        gap = (seq - f.nseq) & 0xFFFFFFFF
+        if gap == 0:
+            buf += payload
+            f.nseq = (seq + len(payload)) & 0xFFFFFFFF
+        elif gap >= 0x80000000:  # retransmission overlapping what we have
+            behind = (f.nseq - seq) & 0xFFFFFFFF
+            if behind < len(payload):
+                buf += payload[behind:]
+                f.nseq = (seq + len(payload)) & 0xFFFFFFFF
+            else:
+                return
+        else:
+            if f.ooo is None:
+                f.ooo = {}
+            if len(f.ooo) >= 32:
+                f.insp = INSP_DONE
+                f.notes.append("handshake not reassembled: too many segments out of order")
+                return
+            f.ooo[seq] = payload
+            return
+        while f.ooo and f.nseq in f.ooo:
+            chunk = f.ooo.pop(f.nseq)
+            buf += chunk
+            f.nseq = (f.nseq + len(chunk)) & 0xFFFFFFFF
+        data = bytes(buf)
+        try:
+            if f.insp == INSP_TLS:
+                hello = tls_client_hello(data)
+                if isinstance(hello, ClientHello):
+                    self._client_hello(f, hello, ts)
+                elif hello is None:
+                    f.insp = INSP_DONE
+            else:
+                req = http_request(data)
+                if isinstance(req, dx.HttpRequest):
+                    f.http = (req.method, req.target, req.host)
+                    f.insp = INSP_DONE
+                elif req is None:
+                    f.insp = INSP_DONE
+        except Malformed as exc:
+            self._malformed(ts, exc.reason, f)
+            f.insp = INSP_DONE
+        if f.insp != INSP_DONE and len(buf) > MAX_STREAM:
+            self._malformed(ts, "handshake-too-long", f)
+            f.insp = INSP_DONE
+        if f.insp == INSP_DONE:
+            f.buf = None
+            f.ooo = None
+
+    def _inspect_udp(self, f: Flow, payload: bytes, ts: int) -> None:
+        if f.pk[0] > 8:
+            f.insp = INSP_DONE
+            f.crypto = None
+            return
+        if not is_long_header(payload):
+            if not f.quic and len(payload) >= 7 and payload[0] & 0xC0 == 0xC0 and f.dport in (443, 853, 8443):
+                f.quic = True
+                f.notes.append(f"QUIC version {payload[1:5].hex()} not decrypted")
+            if not f.quic:
+                f.insp = INSP_DONE
+            return
+        f.quic = True
+        if f.crypto is None:
+            f.crypto = CryptoStream()
+        try:
+            hello = f.crypto.feed(payload)  # type: ignore[attr-defined]
+        except Malformed as exc:
+            self._malformed(ts, exc.reason, f)
+            f.insp = INSP_DONE
+            f.crypto = None
+            return
+        if hello is not None:
+            f.crypto = None
+            self._client_hello(f, hello, ts)
+
+    def _client_hello(self, f: Flow, hello: ClientHello, ts: int) -> None:
+        f.insp = INSP_DONE
+        f.sni = hello.sni
+        f.alpn = hello.alpn
+        f.ech = hello.ech
+        f.grease = hello.grease
+        if hello.alpn:
+            f.notes.append("alpn offered: " + ",".join(hello.alpn))
+        if hello.ech:
+            f.notes.append("encrypted client hello offered: the SNI may be a cover name")
+        if hello.grease:
+            f.notes.append("GREASE values in the hello")
+        if not hello.sni:
+            f.notes.append("client hello without server name")
+        self.tls_out += 1
+        obs, notes, name, chain, dirn = self._observe(f)
+        dst = ip_text(f.dst)
+        ev = EgressEvent(
+            sensor_id=self.config.sensor_id,
+            kind="tls",
+            time=when(ts),
+            source=Source(ip=ip_text(f.src), port=f.sport, scope="external" if dirn == "inbound" else "unknown"),
+            destination=Destination(
+                host=hello.sni or name,
+                sni=hello.sni,
+                ip=dst,
+                port=f.dport,
+                transport="udp" if f.proto == UDP else "tcp",
+                app_protocol="quic" if f.quic else "tls",
+                tls=True,
+            ),
+            flow=FlowInfo(direction=dirn, first_seen=when(f.first), last_seen=when(ts), resolved_name=name, cname_chain=chain),
+            observations=sorted(obs - {"bypass"}),
+            notes=notes,
+        )
+        self._emit(ev)
+
+    # ------------------------------------------------------------ DNS
+
+    def _dns_datagram(self, f: Flow, side: int, msg: bytes, ts: int, over: str) -> None:
+        try:
+            m = parse_dns(msg)
+        except Malformed as exc:
+            f.dns_only = False
+            self._malformed(ts, exc.reason, f)
+            return
+        self._dns_message(f, side, m, ts, over)
+
+    def _dns_stream(self, f: Flow, side: int, payload: bytes, ts: int) -> None:
+        if f.dbuf is None:
+            f.dbuf = [bytearray(), bytearray()]
+        buf = f.dbuf[side]
+        buf += payload
+        while len(buf) >= 2:
+            size = (buf[0] << 8) | buf[1]
+            if len(buf) < 2 + size:
+                if len(buf) > MAX_STREAM + 2:
+                    f.insp = INSP_DONE
+                break
+            msg = bytes(buf[2 : 2 + size])
+            del buf[: 2 + size]
+            try:
+                m = parse_dns(msg)
+            except Malformed as exc:
+                self._malformed(ts, exc.reason, f)
+                f.insp = INSP_DONE
+                f.dbuf = None
+                return
+            self._dns_message(f, side, m, ts, "tcp")
+
+    def _dns_message(self, f: Flow, side: int, m: DnsMessage, ts: int, over: str) -> None:
+        a = f.alen
+        snd, rcv = (f.addrs[:a], f.addrs[a:]) if side == 0 else (f.addrs[a:], f.addrs[:a])
+        sport, dport = (f.sport, f.dport) if side == 0 else (f.dport, f.sport)
+        if not m.response:
+            key = (snd, rcv, sport, m.id)
+            qtype = qtype_name(m.qtype)
+            signs = self.tunnels.signs(snd, m.qname, qtype, ts)
+            if key in self.pending:
+                self._dns_event(self.pending.pop(key), None, ts)
+            self.pending[key] = _Query(ts, m.qname, qtype, over, snd, sport, rcv, dport, signs)
+            if len(self.pending) > self.config.max_pending_dns:
+                _, old = self.pending.popitem(last=False)
+                self._dns_event(old, None, ts, note="pending-query table full: recorded unanswered")
+            return
+        q = self.pending.pop((rcv, snd, dport, m.id), None)
+        note = None
+        if q is None:
+            qtype = qtype_name(m.qtype)
+            q = _Query(ts, m.qname, qtype, over, rcv, dport, snd, sport, self.tunnels.signs(rcv, m.qname, qtype, ts))
+            note = "answer without a query seen"
+        self._dns_event(q, m, ts, note=note)
+
+    def _dns_event(self, q: _Query, m: DnsMessage | None, ts: int, note: str | None = None) -> None:
+        chain: list[str] = []
+        answers: list[str] = []
+        ttl: int | None = None
+        notes = [note] if note else []
+        if m is not None:
+            cnames = {r.name: r.value for r in m.answers if r.rtype == 5}
+            cur = m.qname
+            while cur in cnames and len(chain) < 16:
+                cur = cnames[cur]
+                chain.append(cur)
+            for r in m.answers:
+                if r.rtype in (1, 28):
+                    answers.append(r.value)
+                    ttl = r.ttl if ttl is None else min(ttl, r.ttl)
+                    addr = socket.inet_pton(socket.AF_INET6 if r.rtype == 28 else socket.AF_INET, r.value)
+                    self.provenance.add(q.client, addr, Resolution(q.qname, tuple(chain), ts, r.ttl))
+                elif r.rtype != 5:
+                    answers.append(r.value)
+            if m.truncated:
+                notes.append("truncated answer (TC): the client retries over TCP")
+        else:
+            notes.append("unanswered")
+        obs: list[str] = []
+        if q.signs:
+            obs.append("dns-tunnel")
+            notes.append("tunnelling signs: " + ", ".join(q.signs))
+        if self._foreign_resolver(q.server):
+            obs.append("dns-foreign-resolver")
+        self.dns_out += 1
+        server = ip_text(q.server)
+        ev = EgressEvent(
+            sensor_id=self.config.sensor_id,
+            kind="dns",
+            time=when(q.time_us),
+            source=Source(ip=ip_text(q.client), port=q.cport),
+            destination=Destination(ip=server, port=q.sport, transport="tcp" if q.over == "tcp" else "udp", app_protocol="dns"),
+            dns=DnsInfo(
+                qname=q.qname,
+                qtype=q.qtype,
+                rcode=dx.RCODES.get(m.rcode, f"RCODE{m.rcode}") if m is not None else None,
+                answers=answers,
+                cname_chain=chain,
+                ttl=ttl,
+                resolver=server,
+                over="tcp" if q.over == "tcp" else "udp",
+            ),
+            observations=obs,
+            notes=notes,
+        )
+        self._emit(ev)
+
+    def _foreign_resolver(self, server: bytes) -> bool:
+        if self.cluster_dns:
+            return server not in self.cluster_dns
+        return not self.nets.internal(server)
+
+    # ------------------------------------------------------------ observations and events
+
+    def _observe(self, f: Flow) -> tuple[set[str], list[str], str | None, list[str], str]:
+        dirn = direction(self.nets, f)
+        obs = set(f.obs)
+        notes = list(f.notes)
+        name: str | None = None
+        chain: list[str] = []
+        dst_ip = ip_text(f.dst)
+        to_proxy = (dst_ip, f.dport) in self.proxies
+        if dirn == "inbound":
+            obs.add("inbound")
+        if to_proxy:
+            notes.append("to the audit proxy")
+        if dirn == "egress" and not to_proxy and f.proto in (TCP, UDP):
+            found, same = self.provenance.explain(f.src, f.dst)
+            if found:
+                latest = max(found, key=lambda r: r.time_us)
+                name, chain = latest.name, list(latest.chain)
+                if not same:
+                    notes.append("address explained by another client's lookup")
+                if f.first > latest.time_us + (latest.ttl + 300) * _S:
+                    notes.append(f"lookup of {latest.name} is older than its TTL")
+            elif f.midstream:
+                notes.append("DNS provenance unknown: the flow began before the capture")
+            elif f.first - self.start_us < self.config.dns_warmup_s * _S:
+                notes.append("no lookup seen, within the DNS warm-up after start")
+            else:
+                obs.add("direct-ip")
+            names = names_of(found)
+            if f.sni and found and f.sni not in names:
+                obs.add("sni-dns-mismatch")
+                notes.append(f"SNI {f.sni} is not among the names resolved: {', '.join(sorted(names)[:4])}")
+            if f.http and f.http[2]:
+                host = f.http[2].rsplit(":", 1)[0] if f.http[2].count(":") == 1 else f.http[2].strip("[]")
+                if found and host not in names and host != dst_ip:
+                    obs.add("sni-dns-mismatch")
+                    notes.append(f"Host header {host} is not among the names resolved: {', '.join(sorted(names)[:4])}")
+            if f.dport == 853:
+                obs.add("dot")
+                if f.proto == UDP:
+                    notes.append("DNS over QUIC (UDP 853)")
+            if f.dport == 443 and (dst_ip in DOH_IPS or (f.sni is not None and f.sni in DOH_HOSTS)):
+                obs.add("doh")
+            if f.http and "/dns-query" in f.http[1]:
+                obs.add("doh")
+        if f.quic:
+            obs.add("quic")
+        if f.icmp_max > self.config.icmp_payload_max:
+            obs.add("icmp-payload")
+            notes.append(f"ICMP echo payload of {f.icmp_max} bytes")
+        return obs, notes, name, chain, dirn
+
+    def _emit_flow(self, f: Flow) -> None:
+        if f.dns_only and f.proto == UDP:
+            return  # every datagram was DNS and is recorded as dns events
+        self.flows_out += 1
+        if f.crypto is not None or f.insp in (INSP_TLS, INSP_HTTP):
+            f.notes.append("handshake incomplete when the flow ended")
+        obs, notes, name, chain, dirn = self._observe(f)
+        is_icmp = f.proto in (ICMP, ICMPV6)
+        http = None
+        http_host = None
+        if f.http:
+            method, target, http_host = f.http
+            http = _http_info(method, target)
+        host = f.sni or (http.path if http is not None and method == "CONNECT" else http_host) or name
+        ev = EgressEvent(
+            sensor_id=self.config.sensor_id,
+            kind="icmp" if is_icmp else "flow",
+            time=when(f.first),
+            source=Source(ip=ip_text(f.src), port=None if is_icmp else f.sport, scope="external" if dirn == "inbound" else "unknown"),
+            destination=Destination(
+                host=host,
+                sni=f.sni,
+                http_host=http_host,
+                ip=ip_text(f.dst),
+                port=None if is_icmp else f.dport,
+                transport=f.transport,  # type: ignore[arg-type]
+                app_protocol=_app_protocol(f),
+                tls=True if (f.sni or f.alpn or f.quic) else False if f.http else None,
+            ),
+            http=http,
+            flow=FlowInfo(
+                direction=dirn,  # type: ignore[arg-type]
+                tcp_state=f.tcp_state(),
+                bytes_up=f.by[0],
+                bytes_down=f.by[1],
+                packets_up=f.pk[0],
+                packets_down=f.pk[1],
+                first_seen=when(f.first),
+                last_seen=when(f.last),
+                resolved_name=name,
+                cname_chain=chain,
+            ),
+            observations=sorted(obs),
+            notes=notes,
+        )
+        candidate = (
+            dirn == "egress" and not is_icmp and self.config.bypass_enabled and "to the audit proxy" not in notes and f.insp != INSP_DNS
+        )
+        if candidate:
+            self.held.append(ev)
+        else:
+            self._emit(ev)
+
+    def _emit(self, ev: EgressEvent) -> None:
+        for o in ev.observations:
+            self.obs_counts[o] += 1
+        self.out.append(ev)
+
+    def _malformed(self, ts: int, reason: str, f: Flow | None) -> None:
+        self.malformed[reason] += 1
+        if f is not None:
+            f.obs.add("malformed")
+            if reason not in f.notes:
+                f.notes.append(f"malformed: {reason}")
+            return
+        if self.malformed[reason] > self.config.malformed_events_per_reason:
+            return
+        self._emit(
+            EgressEvent(
+                sensor_id=self.config.sensor_id,
+                kind="flow",
+                time=when(ts) if ts > 0 else when(self.now_us),
+                observations=["malformed"],
+                notes=[f"malformed: {reason}"],
+            )
+        )
+
+    # ------------------------------------------------------------ time
+
+    def tick(self, now: int) -> None:
+        """Flush idle and closed flows and unanswered lookups, as of capture time `now`."""
+        if not self.start_us:
+            self.start_us = now
+        self.now_us = max(self.now_us, now)
+        self._next_sweep = now + self._sweep_every
+        cfg = self.config
+        for f in self.table.expired(now, tcp_idle=cfg.tcp_idle_s * _S, udp_idle=cfg.udp_idle_s * _S, icmp_idle=cfg.icmp_idle_s * _S, linger=cfg.linger_s * _S):
+            self._emit_flow(f)
+        limit = now - cfg.dns_timeout_s * _S
+        while self.pending:
+            key, q = next(iter(self.pending.items()))
+            if q.time_us > limit:
+                break
+            del self.pending[key]
+            self._dns_event(q, None, now)
+
+    def finish(self) -> None:
+        """The capture ended: every open flow and pending lookup becomes an event."""
+        for f in self.table.drain():
+            if not f.closed_at:
+                f.notes.append("still open when the capture ended")
+            self._emit_flow(f)
+        while self.pending:
+            _, q = self.pending.popitem(last=False)
+            self._dns_event(q, None, self.now_us, note="capture ended before an answer")
+
+    def stats(self) -> ProbeStats:
+        return ProbeStats(
+            packets=self.packets,
+            bytes=self.bytes,
+            non_ip=self.non_ip,
+            fragments=self.fragments,
+            other_protocols={str(k): v for k, v in self.other.items()},
+            malformed=dict(self.malformed),
+            flows=self.flows_out,
+            active_flows=len(self.table),
+            evicted_flows=self.table.evictions,
+            dns=self.dns_out,
+            tls=self.tls_out,
+            observations=dict(self.obs_counts),
+        )
+
+
+def _app_protocol(f: Flow) -> str | None:
+    if f.quic:
+        return "quic"
+    if f.sni or f.alpn:
+        return "tls"
+    if f.http:
+        return "http/1.1"
+    if 53 in (f.sport, f.dport):
+        return "dns"
+    return None
+
+
+def _http_info(method: str, target: str) -> HttpInfo:
+    """Method, path and redacted query of a plaintext request (origin, absolute or authority form)."""
+    if method == "CONNECT":
+        return HttpInfo(method=method, scheme=None, path=target)
+    if "://" in target:
+        parts = urlsplit(target)
+        path, query = parts.path or "/", parts.query
+    else:
+        path, _, query = target.partition("?")
+    return HttpInfo(method=method, scheme="http", path=path or "/", query=redact_query(query) if query else None)

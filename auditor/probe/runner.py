@@ -1,0 +1,487 @@
+"""Runs the probe: a capture source into the engine, the engine's events through
+the policy into the store, with the sensor's own life (start, config, drops,
+errors, stop) chained beside them so a gap in monitoring is evidence.
+
+`run_pcap` and `run_live` are what `auditor probe` calls; `events_from_pcap`
+is the same pipeline without a store, for importers.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import os
+import queue
+import resource
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from pydantic import BaseModel, Field, ValidationError
+from rich.table import Table
+
+from auditor.errors import AuditorError
+from auditor.model import EgressEvent, sensor_event
+from auditor.probe.capture import DEFAULT_BPF, CaptureStats, FileCapture, LiveCapture
+from auditor.probe.coverage import ProxyIndex, mark_bypass
+from auditor.probe.engine import Probe, ProbeConfig, ProbeStats, when
+from auditor.probe.flows import Networks
+from auditor.store.base import Store, open_store
+from auditor.store.writer import BatchWriter
+
+if TYPE_CHECKING:
+    from auditor.k8s.inventory import Inventory, InventoryConfig, InventoryWatcher
+    from auditor.rules import Pack
+
+VERSION = "0.1.0"
+TICK_SECONDS = 0.5
+BYPASS_GRACE_S = 5.0  # a proxy records a request when it completes: wait for it
+MAX_BACKLOG = 20_000  # offline: how far the reader may run ahead of the writer
+
+
+class ProbeSummary(BaseModel):
+    sensor_id: str
+    source: str
+    started: datetime
+    seconds: float = 0.0
+    stats: ProbeStats = Field(default_factory=ProbeStats)
+    capture: CaptureStats = Field(default_factory=CaptureStats)
+    events_submitted: int = 0
+    events_written: int = 0
+    writer_dropped: int = 0
+    bypass: int = 0
+    judged: bool = False
+    problem: str | None = None
+    peak_memory_mb: int = 0
+
+    @property
+    def packets_per_second(self) -> float:
+        return self.stats.packets / self.seconds if self.seconds else 0.0
+
+
+def config_from_pack(pack: Pack | None, base: ProbeConfig | None = None) -> tuple[ProbeConfig, Networks]:
+    """Cluster CIDRs, cluster DNS and the proxy from the pack's site overlay; flags given
+    in `base` win. The pack's own notion of inside (DNS suffixes, proxy) is consulted too."""
+    cfg = (base or ProbeConfig()).model_copy(deep=True)
+    if pack is not None:
+        site = pack.site
+        if not cfg.cluster_cidrs:
+            cfg.cluster_cidrs = [*site.pod_cidrs, *site.service_cidrs, *site.node_cidrs]
+        if not cfg.cluster_dns:
+            cfg.cluster_dns = list(site.dns_servers)
+        hp = site.proxy_host_port
+        if hp is not None and not cfg.proxies:
+            host, port = hp
+            try:
+                infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+                cfg.proxies = sorted({f"{info[4][0]}:{port}" for info in infos})
+            except OSError as exc:
+                raise AuditorError(f"cannot resolve the proxy {host} from the site overlay: {exc}", fix="give the proxy as an IP address in the overlay") from exc
+    return cfg, Networks(cfg.cluster_cidrs or None, pack.is_internal if pack is not None else None)
+
+
+def _peak_memory_mb() -> int:
+    """This process's own high-water mark (VmHWM). ru_maxrss is not used: after
+    fork and exec it can still carry the parent's size."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) // 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
+
+
+class _Session:
+    """Engine -> policy -> writer, plus lifecycle records and bypass matching."""
+
+    def __init__(
+        self,
+        config: ProbeConfig,
+        networks: Networks,
+        source: str,
+        pack: Pack | None,
+        *,
+        store_url: str | None,
+        sink: Callable[[EgressEvent], None] | None = None,
+        inventory: Inventory | None = None,
+        kubernetes: InventoryConfig | None = None,
+    ) -> None:
+        self.config = config
+        self.pack = pack
+        self.inventory = inventory
+        self.watcher: InventoryWatcher | None = None
+        self.probe = Probe(config, networks=networks)
+        self.summary = ProbeSummary(sensor_id=config.sensor_id, source=source, started=datetime.now(UTC), judged=pack is not None)
+        self.store: Store | None = open_store(store_url) if store_url else None
+        self.reader: Store | None = open_store(store_url) if store_url else None
+        self.writer = BatchWriter(self.store, config.sensor_id) if self.store is not None else None
+        self._sink = sink
+        self.index = ProxyIndex()
+        self._index_cursor: datetime | None = None
+        self._index_from: datetime | None = None
+        self._t0 = time.monotonic()
+        self._dropped_seen = CaptureStats()
+        detail = {
+            "source": source,
+            "cluster_cidrs": config.cluster_cidrs or "default private ranges",
+            "cluster_dns": config.cluster_dns or "any resolver inside the cluster",
+            "proxies": config.proxies,
+            "bypass_check": config.bypass_enabled,
+            "pack": pack.digest if pack is not None else None,
+        }
+        self.submit(sensor_event(config.sensor_id, "start", version=VERSION, config_digest=config.digest(), detail=f"probe on {source}"))
+        if kubernetes is not None:
+            from auditor.k8s.cluster import api_client  # noqa: PLC0415 - only with --kubernetes
+            from auditor.k8s.inventory import start_inventory  # noqa: PLC0415
+
+            self.watcher = start_inventory(api_client(), kubernetes, self.writer)
+            self.inventory = self.watcher.inventory
+        detail["inventory"] = "kubernetes" if kubernetes is not None else "snapshot" if inventory is not None else None
+        self.submit(
+            sensor_event(config.sensor_id, "config", version=VERSION, config_digest=config.digest(), detail=json.dumps(detail, sort_keys=True))
+        )
+
+    def submit(self, ev: EgressEvent) -> None:
+        if self.inventory is not None and ev.kind != "sensor":
+            from auditor.k8s.attribute import attribute  # noqa: PLC0415
+
+            ev = attribute(ev, self.inventory)  # the pod or node that held the address then: the policy needs the scope
+        if self.pack is not None and ev.kind != "sensor":
+            from auditor.rules import evaluate  # noqa: PLC0415 - the policy is optional for raw capture
+
+            ev.decision = evaluate(ev, self.pack)
+        self.summary.events_submitted += 1
+        if self.writer is not None:
+            self.writer.submit(ev)
+        if self._sink is not None:
+            self._sink(ev)
+
+    def pump(self, now_us: int | None, *, final: bool = False, backpressure: bool = False) -> None:
+        """Move what the engine produced on; decide held flows once the proxy had time to record them."""
+        probe = self.probe
+        if probe.out:
+            out, probe.out = probe.out, []
+            for ev in out:
+                self.submit(ev)
+        if probe.held:
+            if final:
+                ready, probe.held = probe.held, []
+            else:
+                cutoff = when(now_us or 0) - timedelta(seconds=BYPASS_GRACE_S)
+                ready = [e for e in probe.held if e.flow and e.flow.last_seen and e.flow.last_seen <= cutoff]
+                if ready:
+                    probe.held = [e for e in probe.held if not (e.flow and e.flow.last_seen and e.flow.last_seen <= cutoff)]
+            if ready:
+                self._refresh_index(ready)
+                n = mark_bypass(ready, self.index, BYPASS_GRACE_S)
+                self.summary.bypass += n
+                for ev in ready:
+                    probe.obs_counts.update(ev.observations)  # held events were not counted when built
+                    self.submit(ev)
+        if backpressure and self.writer is not None:
+            while self.summary.events_submitted - self.writer.written - self.writer.dropped > MAX_BACKLOG:
+                time.sleep(0.005)
+
+    def _refresh_index(self, flows: list[EgressEvent]) -> None:
+        """Read the proxy's records the flows need: what is new since the last read (with
+        30 s of overlap for records written late), and anything older than ever read."""
+        if self.reader is None:
+            return
+        pad = timedelta(seconds=BYPASS_GRACE_S)
+        lo = min(e.flow.first_seen for e in flows if e.flow and e.flow.first_seen) - pad
+        hi = max(e.flow.last_seen for e in flows if e.flow and e.flow.last_seen) + pad
+        if self._index_cursor is None or self._index_from is None:
+            self.index.load(self.reader, lo, None)
+            self._index_from = lo
+        else:
+            if lo < self._index_from:
+                self.index.load(self.reader, lo, self._index_from)
+                self._index_from = lo
+            self.index.load(self.reader, self._index_cursor - timedelta(seconds=30), None)
+        self._index_cursor = max(hi, self._index_cursor or hi)
+        held = [e.flow.first_seen for e in self.probe.held if e.flow and e.flow.first_seen]
+        oldest = min([*held, *(e.flow.first_seen for e in flows if e.flow and e.flow.first_seen)]) - pad
+        self.index.prune(oldest)  # a long-running probe keeps only what open questions need
+        self._index_from = max(self._index_from, oldest)
+
+    def drops(self, stats: CaptureStats) -> None:
+        """Chain any growth of the kernel's or the interface's drop counters."""
+        sid = self.config.sensor_id
+        seen = self._dropped_seen
+        if stats.dropped > seen.dropped:
+            self.submit(sensor_event(sid, "drop", dropped=stats.dropped - seen.dropped, detail="kernel: capture buffer full (libpcap ps_drop)"))
+        if stats.if_dropped > seen.if_dropped:
+            self.submit(sensor_event(sid, "drop", dropped=stats.if_dropped - seen.if_dropped, detail="interface or driver (libpcap ps_ifdrop)"))
+        self._dropped_seen = stats.model_copy()
+        self.summary.capture = stats
+
+    def refresh_summary(self) -> ProbeSummary:
+        s = self.summary
+        s.seconds = time.monotonic() - self._t0
+        s.stats = self.probe.stats()
+        s.peak_memory_mb = _peak_memory_mb()
+        if self.writer is not None:
+            s.events_written = self.writer.written
+            s.writer_dropped = self.writer.dropped
+        return s
+
+    def close(self) -> ProbeSummary:
+        self.pump(None, final=True)
+        s = self.refresh_summary()
+        detail = {
+            "packets": s.stats.packets,
+            "bytes": s.stats.bytes,
+            "flows": s.stats.flows,
+            "dns": s.stats.dns,
+            "tls": s.stats.tls,
+            "malformed": s.stats.malformed,
+            "non_ip": s.stats.non_ip,
+            "fragments": s.stats.fragments,
+            "other_protocols": s.stats.other_protocols,
+            "evicted_flows": s.stats.evicted_flows,
+            "kernel_dropped": s.capture.dropped,
+            "if_dropped": s.capture.if_dropped,
+            "observations": s.stats.observations,
+        }
+        self.submit(sensor_event(self.config.sensor_id, "stop", version=VERSION, detail=json.dumps(detail, sort_keys=True)))
+        if self.watcher is not None:
+            self.watcher.stop()
+        if self.writer is not None:
+            self.writer.close()
+            s.events_written = self.writer.written
+            s.writer_dropped = self.writer.dropped
+        for st in (self.store, self.reader):
+            if st is not None:
+                st.close()
+        return s
+
+
+def run_pcap(
+    path: str | Path,
+    store_url: str | None,
+    *,
+    config: ProbeConfig | None = None,
+    pack: Pack | None = None,
+    stop: threading.Event | None = None,
+    on_tick: Callable[[ProbeSummary], None] | None = None,
+    sink: Callable[[EgressEvent], None] | None = None,
+    inventory: Inventory | None = None,
+) -> ProbeSummary:
+    """Read a pcap/pcapng file (gzip'd or not) into the store. A truncated or corrupt
+    file keeps everything before the damage and records the damage as an error."""
+    cfg, nets = config_from_pack(pack, config)
+    cap = FileCapture(path)
+    thresholds = gc.get_threshold()
+    gc.set_threshold(50_000, 20, 100)  # flows are long-lived objects: collect them less often
+    session = _Session(cfg, nets, f"pcap {Path(path).name}", pack, store_url=store_url, sink=sink, inventory=inventory)
+    probe = session.probe
+    next_tick = time.monotonic() + TICK_SECONDS
+    try:
+        frames = cap.frames()
+        while probe.feed(frames, 1024):
+            session.pump(probe.now_us, backpressure=True)
+            if stop is not None and stop.is_set():
+                session.summary.problem = "stopped before the end of the file"
+                break
+            if on_tick is not None and time.monotonic() >= next_tick:
+                next_tick = time.monotonic() + TICK_SECONDS
+                on_tick(session.refresh_summary())
+    finally:
+        cap.close()
+        gc.set_threshold(*thresholds)
+    probe.finish()
+    if cap.problem:
+        session.summary.problem = cap.problem
+        session.submit(sensor_event(cfg.sensor_id, "error", detail=f"{Path(path).name}: {cap.problem}"))
+    if cap.interface_drops:
+        session.drops(CaptureStats(if_dropped=cap.interface_drops))
+    summary = session.close()
+    if on_tick is not None:
+        on_tick(summary)
+    return summary
+
+
+def events_from_pcap(path: str | Path, *, config: ProbeConfig | None = None, pack: Pack | None = None) -> Iterator[EgressEvent]:
+    """The events a capture file yields, lifecycle records included, without a store:
+    streamed through a bounded queue, so a large capture never sits in memory."""
+    cfg, _ = config_from_pack(pack, config)
+    FileCapture(path).close()  # a file that is not a capture fails here, in the caller's thread
+    out: queue.Queue[EgressEvent | BaseException | None] = queue.Queue(maxsize=10_000)
+    stop = threading.Event()
+
+    def work() -> None:
+        try:
+            run_pcap(path, None, config=cfg, pack=pack, sink=out.put, stop=stop)
+            out.put(None)
+        except BaseException as exc:  # handed to the consumer, who raises it
+            out.put(exc)
+
+    worker = threading.Thread(target=work, name="probe-pcap", daemon=True)
+    worker.start()
+    try:
+        while (item := out.get()) is not None:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        while worker.is_alive():  # let a stopped producer finish its last puts
+            try:
+                out.get(timeout=0.1)
+            except queue.Empty:
+                pass
+        worker.join()
+
+
+def run_live(
+    iface: str,
+    store_url: str | None,
+    *,
+    bpf: str | None = DEFAULT_BPF,
+    config: ProbeConfig | None = None,
+    pack: Pack | None = None,
+    duration: float | None = None,
+    stop: threading.Event | None = None,
+    on_tick: Callable[[ProbeSummary], None] | None = None,
+    sink: Callable[[EgressEvent], None] | None = None,
+    ready: threading.Event | None = None,
+    inventory: Inventory | None = None,
+    kubernetes: InventoryConfig | None = None,
+) -> ProbeSummary:
+    """Capture until `duration` passes or `stop` is set, then flush every open flow."""
+    cfg, nets = config_from_pack(pack, config)
+    stop = stop or threading.Event()
+    cap = LiveCapture(iface, bpf)
+    try:
+        session = _Session(
+            cfg, nets, f"live {iface} bpf={cap.bpf!r}", pack, store_url=store_url, sink=sink, inventory=inventory, kubernetes=kubernetes
+        )
+    except BaseException:
+        cap.close()
+        raise
+    probe = session.probe
+    probe.tick(int(time.time() * 1_000_000))
+    handle = probe.packet
+    deadline = time.monotonic() + duration if duration else None
+    next_tick = time.monotonic() + TICK_SECONDS
+    if ready is not None:
+        ready.set()
+    try:
+        while not stop.is_set():
+            frame = cap.next()
+            if frame is not None:
+                handle(*frame)
+            now = time.monotonic()
+            if now >= next_tick:
+                next_tick = now + TICK_SECONDS
+                wall = int(time.time() * 1_000_000)
+                probe.tick(wall)
+                session.pump(wall)
+                session.drops(cap.stats())
+                if on_tick is not None:
+                    on_tick(session.refresh_summary())
+            if deadline is not None and now >= deadline:
+                break
+        while (frame := cap.next()) is not None:  # drain what the kernel still holds
+            handle(*frame)
+    finally:
+        session.drops(cap.stats())
+        cap.close()
+        probe.finish()
+        summary = session.close()
+    if on_tick is not None:
+        on_tick(summary)
+    return summary
+
+
+def summary_table(s: ProbeSummary) -> Table:
+    """The live view: what was seen, what was flagged, what was missed."""
+    st = s.stats
+    table = Table(title=f"probe {s.sensor_id}: {s.source}", show_header=True)
+    table.add_column("measure")
+    table.add_column("value", justify="right")
+    rate = f"{s.packets_per_second:,.0f}/s" if s.seconds else "-"
+    rows = [
+        ("packets", f"{st.packets:,} ({rate})"),
+        ("bytes", f"{st.bytes:,}"),
+        ("flows reported / open", f"{st.flows:,} / {st.active_flows:,}"),
+        ("dns lookups", f"{st.dns:,}"),
+        ("tls / quic hellos", f"{st.tls:,}"),
+        ("events written", f"{s.events_written:,} of {s.events_submitted:,}"),
+        ("malformed", f"{sum(st.malformed.values()):,}"),
+        ("kernel / interface drops", f"{s.capture.dropped:,} / {s.capture.if_dropped:,}"),
+        ("writer drops", f"{s.writer_dropped:,}"),
+        ("peak memory", f"{s.peak_memory_mb:,} MB"),
+    ]
+    for name, value in rows:
+        table.add_row(name, value)
+    for obs, count in sorted(st.observations.items()):
+        table.add_row(f"[yellow]{obs}[/]", f"{count:,}")
+    if s.problem:
+        table.add_row("[red]problem[/]", s.problem)
+    return table
+
+
+class ProbeOptions(BaseModel):
+    """What `auditor probe` was asked to do."""
+
+    store: str
+    pcap: Path | None = None
+    iface: str = "any"
+    bpf: str | None = DEFAULT_BPF
+    duration: float | None = None
+    pack: Path | None = None
+    overlays: list[Path] = Field(default_factory=list)
+    config: ProbeConfig = Field(default_factory=ProbeConfig)
+    inventory: Path | None = None  # a snapshot from `auditor k8s snapshot`
+    kubernetes: bool = False  # watch the API (in-cluster config or kubeconfig); also on with AUDITOR_K8S_INVENTORY
+
+
+def probe_options(**fields: object) -> ProbeOptions:
+    """Options from the command line; a bad value becomes one line naming it and the fix."""
+    try:
+        config = ProbeConfig(**fields.pop("config", {}))  # type: ignore[arg-type]
+        return ProbeOptions(config=config, **fields)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "option"
+        raise AuditorError(f"{where}: {first['msg']}", fix="--cluster-cidr takes a CIDR, --cluster-dns an IP, --proxy IP:PORT") from None
+
+
+def run_probe(
+    options: ProbeOptions, *, stop: threading.Event | None = None, on_tick: Callable[[ProbeSummary], None] | None = None
+) -> ProbeSummary:
+    """Load the pack (shipped one by default) and run on the file or the interface."""
+    from auditor.rules import load_pack  # noqa: PLC0415
+
+    pack = load_pack(options.pack, options.overlays)
+    inventory = None
+    if options.inventory is not None:
+        from auditor.k8s.attribute import inventory_from_file  # noqa: PLC0415
+
+        inventory = inventory_from_file(options.inventory)
+    if options.pcap is not None:
+        if not options.pcap.exists():
+            raise AuditorError("no such capture file", file=str(options.pcap), fix="pass an existing pcap or pcapng file to --pcap")
+        return run_pcap(options.pcap, options.store, config=options.config, pack=pack, stop=stop, on_tick=on_tick, inventory=inventory)
+    kubernetes = None
+    if inventory is None:
+        from auditor.k8s.inventory import InventoryConfig, config_from_env  # noqa: PLC0415
+
+        kubernetes = config_from_env(dict(os.environ)) or (InventoryConfig() if options.kubernetes else None)
+        if kubernetes is not None:
+            site = pack.site
+            kubernetes = kubernetes.model_copy(update={
+                "pod_cidrs": kubernetes.pod_cidrs or list(site.pod_cidrs), "service_cidrs": kubernetes.service_cidrs or list(site.service_cidrs),
+                "node_cidrs": kubernetes.node_cidrs or list(site.node_cidrs), "sensor_id": f"{options.config.sensor_id}-k8s",
+            })  # fmt: skip
+    return run_live(
+        options.iface, options.store, bpf=options.bpf, config=options.config, pack=pack, duration=options.duration, stop=stop,
+        on_tick=on_tick, inventory=inventory, kubernetes=kubernetes,
+    )  # fmt: skip
