@@ -73,6 +73,92 @@ def import_(
 
 
 @app.command()
+def demo(
+    scenario: Annotated[str, typer.Option("--scenario", help="clean (only allowed traffic) or leaky (eight injected violations).")] = "clean",
+    out: Annotated[Path, typer.Option("--out", "-o", help="Where each run's evidence, report and public key go.")] = Path("auditor-demo"),
+) -> None:
+    """Run the whole auditor on a simulated Gretel Hybrid on loopback: exit 0 PASS, 1 FAIL, 2 INCONCLUSIVE."""
+    from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    from auditor.demo import STAGES, run_demo_anywhere
+
+    order = list(STAGES)
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(), console=err, transient=True) as bar:
+        task = bar.add_task(f"auditor demo --scenario {scenario}", total=len(order))
+        result = run_demo_anywhere(scenario, out, lambda stage: bar.update(task, description=STAGES[stage], completed=order.index(stage)))
+        bar.update(task, completed=len(order))
+    _print_run(result.report, [*result.notes, *(f"scenario step failed: {p}" for p in result.step_problems)],
+               f"demo --scenario {scenario}: {result.steps} requests by the simulated hybrid worker in {result.seconds:.1f} s; "
+               f"probe {'on lo' if result.probe_available else 'unavailable'}; evidence {result.store}")
+    if scenario == "clean":
+        console.print("to see violations caught: auditor demo --scenario leaky", highlight=False, markup=False)
+    raise typer.Exit(result.exit_code)
+
+
+def _print_run(report: object, notes: list[str], summary: str) -> None:
+    """Verdict, findings, where the signed report is and how to verify it (demo and audit)."""
+    from auditor.audit import RunReport
+    from auditor.views import findings_table
+
+    assert isinstance(report, RunReport)
+    for note in notes:
+        err.print(f"note: {note}", highlight=False, markup=False)
+    console.print(summary, highlight=False, markup=False, soft_wrap=True)
+    console.print(findings_table(report.findings))
+    colour = {"PASS": "green", "FAIL": "red", "INCONCLUSIVE": "yellow"}[report.status]
+    console.print(f"[{colour}]{report.status}[/]: ", end="")
+    console.print(report.reason, highlight=False, markup=False, soft_wrap=True)
+    html = report.files.get("html")
+    console.print(f"report  {html or report.report_dir}", highlight=False, markup=False, soft_wrap=True)
+    if report.public_key is not None:
+        console.print(f"verify  auditor verify {report.report_dir} --key {report.public_key}", highlight=False, markup=False, soft_wrap=True)
+
+
+@app.command()
+def audit(
+    command: Annotated[Optional[list[str]], typer.Argument(help="After --: the job to audit; it runs with https_proxy set to the proxy and trusts the proxy's CA.")] = None,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Directory for the evidence store and the signed report bundle.")] = Path("auditor-audit"),
+    duration: Annotated[Optional[float], typer.Option("--duration", help="Seconds to audit (with a command: its time limit).")] = None,
+    store: Annotated[Optional[str], typer.Option("--store", "-s", help="Cluster mode: the store the in-cluster sensors wrote (no local sensors).")] = None,
+    inventory: Annotated[Optional[Path], typer.Option("--inventory", "-i", help="Cluster mode: attribute sources with this `auditor k8s snapshot` file.")] = None,
+    pack: PackOpt = None,
+    overlay: OverlayOpt = None,
+    sign: Annotated[Optional[Path], typer.Option("--sign", help="Ed25519 private key (default: a throwaway key; its public half is written beside the bundle).")] = None,
+    iface: Annotated[str, typer.Option("--iface", help="Local mode: interface the probe captures on.")] = "any",
+    bpf: Annotated[Optional[str], typer.Option("--bpf", help="Local mode: libpcap filter for the probe.")] = None,
+    listen: Annotated[str, typer.Option("--listen", help="Local mode: address the proxy listens on (a free port is picked).")] = "127.0.0.1",
+    connect_to: Annotated[Optional[list[str]], typer.Option("--connect-to", help="Local mode: HOST:PORT:ADDR:PORT for the proxy; repeatable.")] = None,
+    upstream_ca: Annotated[Optional[Path], typer.Option("--upstream-ca", help="Local mode: CA the proxy trusts upstream.")] = None,
+) -> None:
+    """Certification run: sensors for --duration or while a command runs (`auditor audit -- ./job.sh`), or a cluster's --store; signed report; exit 0 PASS, 1 FAIL, 2 INCONCLUSIVE."""
+    import signal
+    import threading
+
+    from auditor.audit import LocalAudit, run_cluster_audit, run_local_audit
+
+    say = lambda msg: err.print(msg, highlight=False, markup=False)  # noqa: E731
+    if store is not None:
+        if command:
+            raise AuditorError("--store reports what the cluster's sensors wrote; it runs no command", fix="drop the command after --, or drop --store")
+        result = run_cluster_audit(store, out, pack=pack, overlays=overlay or [], inventory=inventory, sign_key=sign, progress=say)
+        summary = f"audit of {store}: {result.events} records"
+    else:
+        if inventory is not None:
+            raise AuditorError("--inventory attributes a cluster's store", fix="use it with --store")
+        stop = threading.Event()
+        if not command:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                signal.signal(sig, lambda *_: stop.set())
+        req = LocalAudit(out=out, command=command or [], duration=duration, pack=pack, overlays=overlay or [], sign_key=sign,
+                         iface=iface, bpf=bpf, listen_host=listen, connect_to=connect_to or [], upstream_ca=upstream_ca)
+        result = run_local_audit(req, say, stop if not command and duration is None else None)
+        ran = f"; command exited {result.command_exit}" if result.command_exit is not None else ""
+        summary = f"local audit: {result.events} records in {result.seconds:.1f} s{ran}; evidence {result.store}"
+    _print_run(result.report, result.notes, summary)
+    raise typer.Exit(result.report.exit_code)
+
+
+@app.command()
 def monitor(
     store: StoreOpt,
     pack: Annotated[Optional[Path], typer.Option("--pack", help="Rule pack (default: the shipped Gretel Hybrid pack).")] = None,
@@ -582,15 +668,14 @@ def probe(
     from rich.live import Live
 
     from auditor.probe.capture import DEFAULT_BPF
-    from auditor.probe.engine import ProbeConfig
-    from auditor.probe.runner import ProbeOptions, run_probe, summary_table
+    from auditor.probe.runner import probe_options, run_probe, summary_table
 
     if not sensor_id.startswith("probe"):
         raise AuditorError(f"sensor id {sensor_id!r} must start with 'probe'", fix="e.g. --sensor-id probe-node1")
-    options = ProbeOptions(
+    options = probe_options(
         store=store, pcap=pcap, iface=iface, bpf=bpf or DEFAULT_BPF, duration=duration, pack=pack, overlays=overlay or [],
         inventory=inventory, kubernetes=kubernetes,
-        config=ProbeConfig(sensor_id=sensor_id, cluster_cidrs=cidr or [], cluster_dns=dns_server or [], proxies=proxy or []),
+        config=dict(sensor_id=sensor_id, cluster_cidrs=cidr or [], cluster_dns=dns_server or [], proxies=proxy or []),
     )
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
