@@ -1,0 +1,858 @@
+"""The proxy sensor: one mitmproxy addon that records and judges every flow.
+
+Loadable by stock mitmproxy (`mitmdump -s auditor/proxy/addon.py --set auditor_store=...`)
+and used as is by `auditor proxy`. For every HTTP request, WebSocket message from the
+client, raw TCP tunnel and TLS connection it could not open, it builds one `EgressEvent`,
+asks the policy for a decision and hands the event to a bounded, batched store writer.
+In enforce mode a destination violation is refused before any upstream connection and a
+payload violation is answered 403 without reaching upstream.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import ipaddress
+import json
+import logging
+import socket
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from cryptography import x509
+from mitmproxy import connection, ctx, exceptions, http, tcp, tls
+from mitmproxy.addons.next_layer import NextLayer as _NextLayerAddon
+from mitmproxy.proxy import layer, layers
+from mitmproxy.proxy.layers.tls import ServerTLSLayer
+from mitmproxy.proxy.server_hooks import ServerConnectionHookData
+
+from auditor.classify.decode import Limits
+from auditor.model import Decision, EgressEvent, FlowInfo, PayloadInfo, Source, sensor_event
+from auditor.proxy import checks
+from auditor.proxy.routing import ConnectTo, Tunnel
+from auditor.proxy.bodies import (
+    DEFAULT_INSPECT_CAP,
+    BodyContext,
+    CountedBody,
+    StreamedBody,
+    decoded_size,
+    inspect_whole,
+)
+from auditor.proxy.events import destination_of, http_info, source_of, upstream_of, when
+from auditor.store.writer import BatchWriter
+
+log = logging.getLogger("auditor.proxy")
+
+try:
+    _version = importlib.metadata.version("boundary-auditor")
+except importlib.metadata.PackageNotFoundError:  # running from a checkout that was never installed
+    _version = "unknown"
+
+MODES = ("audit", "enforce")
+BLOCK_STATUS = 403
+
+
+class AuditorAddon:
+    """Records and judges every flow; see the module docstring."""
+
+    def __init__(self) -> None:
+        self.writer: BatchWriter | None = None
+        self.pack: Any = None
+        self.mode = "audit"
+        self.nodelay = True
+        self.learn_passthrough = True
+        self.cap = DEFAULT_INSPECT_CAP
+        self.limits = Limits()
+        self.connect_to: list[ConnectTo] = []
+        self.passthrough: set[str] = set()
+        self.learned_passthrough: set[str] = set()
+        self._tunnels: dict[str, Tunnel] = {}
+        self._cert_checks: dict[str, tuple[tuple[str, str], list[str]]] = {}
+        self._config_digest: str | None = None
+        self._store_url: str | None = None
+        self._sensor_id: str | None = None
+        self._evaluate: Any = None
+        self._pack_loaded = False
+        self._scopes: list[tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, str]] = []
+        self.classify_context: Any = None
+        self.inventory: Any = None
+        self._watcher: Any = None
+        self._endpoint_ports: list[tuple[list[str], list[int]]] = []
+        self._tls_hosts: list[str] = []
+        self.counts: dict[str, int] = {"events": 0, "blocked": 0, "not_inspected": 0, "malformed": 0}
+
+    # --- options and lifecycle -------------------------------------------------
+
+    def load(self, loader: Any) -> None:
+        loader.add_option("auditor_store", str, "", "Evidence store: SQLite file path or postgresql:// URL (required).")
+        loader.add_option("auditor_mode", str, "audit", "audit: record only; enforce: refuse violations.", choices=MODES)
+        loader.add_option("auditor_pack", str, "", "Rule pack file (default: the shipped Gretel Hybrid pack).")
+        loader.add_option("auditor_overlay", Sequence[str], [], "Site overlay files.")
+        loader.add_option("auditor_sensor_id", str, f"proxy-{socket.gethostname()}", "Sensor id; must start with 'proxy'.")
+        loader.add_option("auditor_inspect_cap", int, DEFAULT_INSPECT_CAP, "Bodies up to this many bytes are classified whole; larger ones are streamed and scanned.")
+        loader.add_option("auditor_connect_to", Sequence[str], [], "HOST:PORT:ADDR:PORT: connect elsewhere, keeping SNI and Host (curl's --connect-to).")
+        loader.add_option("auditor_passthrough", Sequence[str], [], "Hosts (SNI) whose TLS is not opened: recorded as unverified.")
+        loader.add_option("auditor_learn_passthrough", bool, True, "Audit mode: pass through hosts whose client rejected our CA, so pinned clients keep working.")
+        loader.add_option("auditor_fingerprints", str, "", "Dataset fingerprints (auditor fingerprint) to look for in bodies.")
+        loader.add_option("auditor_fingerprint_key", str, "", "The key file the fingerprints were made with.")
+        loader.add_option("auditor_canaries", str, "", "Canary tokens (auditor canary) to look for in bodies.")
+        loader.add_option("auditor_inventory", str, "", "Kubernetes inventory snapshot (auditor k8s snapshot) to attribute clients to pods and nodes.")
+        loader.add_option("auditor_kubernetes", bool, False, "Watch pods and nodes live (in-cluster config or kubeconfig) to attribute clients.")
+        loader.add_option("auditor_queue", int, 50_000, "Store writer queue size; overflow is chained as a drop count.")
+        loader.add_option("auditor_nodelay", bool, True, "TCP_NODELAY on client and server sockets, and an immediate ACK of request headers (removes the ~40 ms Nagle/delayed-ACK stall of clients such as requests).")
+
+    def configure(self, updated: set[str]) -> None:
+        opts = ctx.options
+        if "auditor_mode" in updated and opts.auditor_mode == "enforce" and opts.connection_strategy != "lazy":
+            # Enforce judges the whole destination (CONNECT, SNI, Host) before connecting upstream.
+            ctx.options.update(connection_strategy="lazy")
+        if not any(name.startswith("auditor_") for name in updated):
+            return
+        if not opts.auditor_sensor_id.startswith("proxy"):
+            raise exceptions.OptionsError(f"auditor_sensor_id {opts.auditor_sensor_id!r} must start with 'proxy'")
+        if opts.auditor_inspect_cap < 1:
+            raise exceptions.OptionsError("auditor_inspect_cap must be at least 1 byte")
+        self.mode = opts.auditor_mode
+        self.nodelay = opts.auditor_nodelay
+        self.learn_passthrough = opts.auditor_learn_passthrough
+        self.cap = opts.auditor_inspect_cap
+        self.limits = Limits(max_decoded_bytes=max(Limits().max_decoded_bytes, self.cap))
+        self.connect_to = [ConnectTo.parse(s) for s in opts.auditor_connect_to]
+        self.passthrough = {h.lower().rstrip(".") for h in opts.auditor_passthrough}
+        if {"auditor_pack", "auditor_overlay"} & updated or not self._pack_loaded:
+            self._pack_loaded = True
+            self._load_pack(opts.auditor_pack, list(opts.auditor_overlay))
+        if {"auditor_fingerprints", "auditor_fingerprint_key", "auditor_canaries"} & updated:
+            self._load_classify_context(opts.auditor_fingerprints, opts.auditor_fingerprint_key, opts.auditor_canaries)
+        if not opts.auditor_store:
+            raise exceptions.OptionsError("auditor_store is not set (fix: --set auditor_store=/path/evidence.db)")
+        config = self._config()
+        digest = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()
+        if self.writer is None or opts.auditor_store != self._store_url or opts.auditor_sensor_id != self._sensor_id:
+            self._open_writer(opts.auditor_store, opts.auditor_sensor_id, opts.auditor_queue, digest, config)
+        elif digest != self._config_digest:
+            self.writer.submit(sensor_event(self._sensor_id or "proxy", "config", config_digest=digest, detail=json.dumps(config, sort_keys=True), version=_version))
+        self._config_digest = digest
+        if {"auditor_inventory", "auditor_kubernetes"} & updated:
+            self._load_inventory(opts.auditor_inventory, opts.auditor_kubernetes)
+
+    def _config(self) -> dict[str, Any]:
+        opts = ctx.options
+        return {
+            "mode": self.mode,
+            "pack": getattr(self.pack, "digest", None),
+            "inspect_cap": self.cap,
+            "fingerprints": opts.auditor_fingerprints or None,
+            "canaries": opts.auditor_canaries or None,
+            "connect_to": list(opts.auditor_connect_to),
+            "passthrough": sorted(self.passthrough),
+            "learn_passthrough": opts.auditor_learn_passthrough,
+            "listen": f"{opts.listen_host or '*'}:{opts.listen_port}",
+            "connection_strategy": opts.connection_strategy,
+            "upstream_ca": opts.ssl_verify_upstream_trusted_ca,
+            "ssl_insecure": opts.ssl_insecure,
+            "stream_large_bodies": opts.stream_large_bodies,
+            "inventory": opts.auditor_inventory or ("kubernetes" if opts.auditor_kubernetes else None),
+        }
+
+    def _load_pack(self, pack: str, overlays: list[str]) -> None:
+        from pathlib import Path
+
+        from auditor.errors import AuditorError
+
+        try:
+            from auditor.rules import evaluate, load_pack
+        except ImportError as exc:  # sensors record facts; `auditor check` can judge them later
+            log.warning("policy engine unavailable (%s): events are recorded without a decision", exc)
+            self.pack, self._evaluate = None, None
+            return
+        try:
+            self.pack = load_pack(Path(pack) if pack else None, [Path(o) for o in overlays])
+        except AuditorError as exc:
+            raise exceptions.OptionsError(str(exc)) from None
+        self._evaluate = evaluate
+        self._endpoint_ports = []
+        self._tls_hosts = []
+        for ep in self.pack.all_endpoints:
+            self._endpoint_ports.append((list(ep.hosts), sorted(ep.ports)))
+            if ep.tls:
+                self._tls_hosts.extend(ep.hosts)
+        site = self.pack.site
+        self._scopes = [(ipaddress.ip_network(c, strict=False), "pod") for c in site.pod_cidrs]
+        self._scopes += [(ipaddress.ip_network(c, strict=False), "node") for c in site.node_cidrs]
+
+    def _load_classify_context(self, fingerprints: str, key: str, canaries: str) -> None:
+        from pathlib import Path
+
+        from auditor.classify import load_context
+        from auditor.errors import AuditorError
+
+        if not (fingerprints or canaries):
+            self.classify_context = None
+            return
+        try:
+            self.classify_context = load_context(
+                Path(fingerprints) if fingerprints else None, Path(key) if key else None, Path(canaries) if canaries else None
+            )
+        except AuditorError as exc:
+            raise exceptions.OptionsError(str(exc)) from None
+
+    def _load_inventory(self, snapshot: str, live: bool) -> None:
+        from pathlib import Path
+
+        from auditor.errors import AuditorError
+        from auditor.k8s.inventory import Inventory, InventoryConfig, load_snapshot
+
+        self._stop_watcher()
+        self.inventory = None
+        try:
+            if snapshot:
+                self.inventory = Inventory.from_snapshot(load_snapshot(Path(snapshot)))
+            elif live:
+                from auditor.k8s.cluster import api_client
+                from auditor.k8s.inventory import InventoryWatcher
+
+                site = getattr(self.pack, "site", None)
+                config = InventoryConfig(
+                    pod_cidrs=list(getattr(site, "pod_cidrs", [])), service_cidrs=list(getattr(site, "service_cidrs", [])),
+                    node_cidrs=list(getattr(site, "node_cidrs", [])), sensor_id=f"{self._sid()}-k8s",
+                )
+                self.inventory = Inventory(pod_cidrs=config.pod_cidrs, service_cidrs=config.service_cidrs, node_cidrs=config.node_cidrs)
+                self._watcher = InventoryWatcher(self.inventory, api_client(), config, self.writer)
+                self._watcher.start()
+        except AuditorError as exc:
+            raise exceptions.OptionsError(str(exc)) from None
+
+    def _stop_watcher(self) -> None:
+        if self._watcher is not None:
+            self._watcher.stop()
+            self._watcher = None
+
+    def _open_writer(self, url: str, sensor_id: str, queue: int, digest: str, config: dict[str, Any]) -> None:
+        from auditor.store.base import open_store
+
+        if self.writer is not None:
+            self.writer.stop(detail="reconfigured")
+        try:
+            store = open_store(url)
+        except Exception as exc:
+            raise exceptions.OptionsError(f"cannot open store {url!r}: {exc}") from None
+        self.writer = BatchWriter(store, sensor_id, max_queue=queue, on_error=lambda e: log.error("store write failed: %s", e))
+        self._store_url = url
+        self._sensor_id = sensor_id
+        self.writer.start(config_digest=digest, detail=json.dumps(config, sort_keys=True), version=_version)
+
+    def done(self) -> None:
+        """mitmproxy is shutting down: chain `stop` and flush everything queued."""
+        self._stop_watcher()
+        if self.writer is not None:
+            self.writer.stop(detail=f"clean shutdown; {self.counts['events']} events, {self.counts['blocked']} refused")
+            self.writer.store.close()
+            self.writer = None
+
+    # --- connections -------------------------------------------------------------
+
+    def client_connected(self, client: connection.Client) -> None:
+        self._tunnels[client.id] = Tunnel()
+
+    def client_disconnected(self, client: connection.Client) -> None:
+        self._tunnels.pop(client.id, None)
+
+    def server_connect(self, data: ServerConnectionHookData) -> None:
+        """--connect-to: reach another address while SNI and Host keep the name."""
+        address = data.server.address
+        if not address:
+            return
+        host, port = address[0], address[1]
+        for rule in self.connect_to:
+            if rule.matches(host, port):
+                if data.server.sni is None and not checks.direct_ip([host]):
+                    data.server.sni = data.client.sni or host
+                data.server.address = (rule.addr, rule.to_port)
+                return
+
+    def server_connected(self, data: ServerConnectionHookData) -> None:
+        if self.nodelay:
+            _nodelay_for(data.client, data.server)
+            _nodelay_for(data.client, data.client)
+
+    def server_disconnected(self, data: ServerConnectionHookData) -> None:
+        self._cert_checks.pop(data.server.id, None)
+
+    def _cert_observations(self, server: connection.Server, sni: str | None) -> list[str]:
+        """Whether the upstream leaf names the SNI, checked once per upstream connection."""
+        certs = server.certificate_list
+        if not certs or not sni:
+            return []
+        key = (server.id, sni)
+        cached = self._cert_checks.get(server.id)
+        if cached is None or cached[0] != key:
+            cached = (key, checks.cert_mismatch(x509.load_pem_x509_certificate(certs[0].to_pem()), sni))
+            self._cert_checks[server.id] = cached
+        return cached[1]
+
+    def next_layer(self, nextlayer: layer.NextLayer) -> None:
+        """Passthrough: TLS to configured (or learned) hosts is relayed as counted raw TCP."""
+        if not isinstance(nextlayer.layer, ServerTLSLayer):
+            return
+        if not (self.passthrough or self.learned_passthrough):
+            return
+        try:
+            hello = _NextLayerAddon._get_client_hello(nextlayer.context, nextlayer.data_client())
+        except Exception:  # NeedsMoreData: decide when the rest of the hello has arrived
+            nextlayer.layer = None
+            return
+        sni = (hello.sni or "").lower().rstrip(".") if hello else ""
+        reason = None
+        if sni and sni in self.passthrough:
+            reason = "passthrough configured"
+        elif sni and sni in self.learned_passthrough and self.mode == "audit":
+            reason = "client rejected the proxy CA earlier (pinned); passed through"
+        if reason:
+            tunnel = self._tunnels.setdefault(nextlayer.context.client.id, Tunnel())
+            tunnel.passthrough_sni, tunnel.passthrough_reason = sni, reason
+            nextlayer.layer = layers.TCPLayer(nextlayer.context)
+
+    # --- HTTP ----------------------------------------------------------------------
+
+    def http_connect(self, flow: http.HTTPFlow) -> None:
+        target = (flow.request.host, flow.request.port)
+        self._tunnels.setdefault(flow.client_conn.id, Tunnel()).target = target
+        if self.mode != "enforce":
+            return
+        event = EgressEvent(
+            sensor_id=self._sid(),
+            time=when(flow.request.timestamp_start),
+            kind="tls",
+            source=self._source(flow.client_conn),
+        )
+        event.destination.host, event.destination.port, event.destination.tls = target[0], target[1], True
+        event.observations = checks.direct_ip([target[0]]) + checks.port_mismatch(target[0], target[1], self._endpoint_ports)
+        decision = self._judge(event)
+        if decision is not None and decision.action == "violation":
+            event.kind = "http"
+            event.http = http_info(flow)
+            event.http.status = BLOCK_STATUS
+            event.decision = self._refused(decision)
+            flow.response = self._block_response(decision, event.id)
+            flow.metadata["auditor_done"] = True
+            self._emit(event)
+
+    def http_connect_error(self, flow: http.HTTPFlow) -> None:
+        """The CONNECT failed upstream (unresolvable, refused): the attempt is evidence too."""
+        if flow.metadata.get("auditor_done"):
+            return
+        flow.metadata["auditor_done"] = True
+        target = (flow.request.host, flow.request.port)
+        event = EgressEvent(
+            sensor_id=self._sid(),
+            time=when(flow.request.timestamp_start),
+            kind="tcp",
+            source=self._source(flow.client_conn),
+            flow=FlowInfo(direction="egress", tcp_state="attempted", first_seen=when(flow.request.timestamp_start)),
+        )
+        d = event.destination
+        d.host, d.port, d.app_protocol = target[0], target[1], "tcp"
+        d.ip = upstream_of(flow.server_conn)[0]
+        event.http = http_info(flow)
+        reason = flow.error.msg if flow.error else (flow.response.get_text(strict=False) if flow.response else "")
+        event.notes.append(f"CONNECT failed: {reason[:300]}")
+        for o in checks.direct_ip([target[0]]) + checks.port_mismatch(target[0], target[1], self._endpoint_ports):
+            _add(event.observations, o)
+        event.decision = self._judge(event)
+        self._emit(event)
+
+    def requestheaders(self, flow: http.HTTPFlow) -> None:
+        req = flow.request
+        if self.nodelay and req.http_version != "HTTP/2.0" and (req.headers.get("content-length", "0") != "0" or "transfer-encoding" in req.headers):
+            _quickack(flow.client_conn)
+        if self.mode == "enforce":
+            event = self._base_event(flow)
+            decision = self._judge(event)
+            if decision is not None and decision.action == "violation":
+                event.decision = self._refused(decision)
+                flow.metadata["auditor_refused"] = event
+                length = _body_length(req)
+                if length is not None and length <= self.cap:
+                    flow.response = self._block_response(decision, event.id)
+                else:  # refusing with a body we would have to hold: cut it off instead
+                    flow.kill()
+                return
+        length = _content_length(req)
+        body_expected = length is None and (req.headers.get("transfer-encoding") or req.http_version == "HTTP/2.0") and req.method not in ("GET", "HEAD")
+        if (length is not None and length > self.cap) or body_expected or req.stream:
+            streamer = StreamedBody(self._body_ctx(flow), self.cap, self.limits, hold_last=self.mode == "enforce")
+            if self.mode == "enforce":
+                streamer.verdict = lambda info, f=flow: self._streamed_verdict(f, info)
+            if req.stream is True:
+                flow.metadata["auditor_note"] = "stream_large_bodies is set: body streamed through the auditor's scanner, not unseen"
+            req.stream = streamer
+            flow.metadata["auditor_stream"] = streamer
+
+    def request(self, flow: http.HTTPFlow) -> None:
+        """Body complete (or streamed): classify and, in enforce mode, refuse a payload violation."""
+        if flow.metadata.get("auditor_refused") or flow.response is not None:
+            return
+        streamer: StreamedBody | None = flow.metadata.get("auditor_stream")
+        if streamer is not None:
+            if streamer.withheld:
+                # The upstream has the headers and part of the body, never the end: cut it
+                # off so it sees an aborted request (and the client a 502), not a complete one.
+                _abort(flow.client_conn, flow.server_conn)
+            return
+        event = self._http_event(flow)
+        flow.metadata["auditor_event"] = event
+        if self.mode == "enforce" and event.decision is not None and event.decision.action == "violation":
+            event.decision = self._refused(event.decision)
+            flow.response = self._block_response(event.decision, event.id)
+
+    def responseheaders(self, flow: http.HTTPFlow) -> None:
+        resp = flow.response
+        if resp is None or resp.stream:
+            if resp is not None and resp.stream is True:
+                counter = CountedBody()
+                resp.stream = counter
+                flow.metadata["auditor_response_stream"] = counter
+            return
+        length = _content_length(resp)
+        if length is None or length > self.cap:
+            counter = CountedBody()
+            resp.stream = counter
+            flow.metadata["auditor_response_stream"] = counter
+
+    def response(self, flow: http.HTTPFlow) -> None:
+        self._finish_http(flow)
+
+    def error(self, flow: http.HTTPFlow) -> None:
+        self._finish_http(flow)
+
+    def _finish_http(self, flow: http.HTTPFlow) -> None:
+        if flow.metadata.get("auditor_done"):
+            return
+        flow.metadata["auditor_done"] = True
+        try:
+            refused: EgressEvent | None = flow.metadata.get("auditor_refused")
+            if refused is not None:
+                refused.http = http_info(flow)
+                refused.http.status = flow.response.status_code if flow.response else None
+                if flow.error:
+                    refused.notes.append(f"refused: connection cut ({flow.error.msg})")
+                self._emit(refused)
+                return
+            event: EgressEvent | None = flow.metadata.get("auditor_event")
+            if event is None:
+                event = self._http_event(flow)
+            self._complete(flow, event)
+            self._emit(event)
+        except Exception as exc:  # one bad flow must never take the sensor down
+            log.exception("auditor: could not record flow")
+            self._emit(self._failure_event(flow, exc))
+
+    def _complete(self, flow: http.HTTPFlow, event: EgressEvent) -> None:
+        """Fill in what is known only at the end: response, timing, errors, upstream address."""
+        assert event.http is not None
+        req, resp = flow.request, flow.response
+        event.http.status = resp.status_code if resp is not None else None
+        end = resp.timestamp_end if resp is not None and resp.timestamp_end else req.timestamp_end
+        if end and req.timestamp_start and end >= req.timestamp_start:
+            event.http.duration_us = int((end - req.timestamp_start) * 1_000_000)
+        ip, port = upstream_of(flow.server_conn)
+        if ip:
+            event.destination.ip, event.destination.port = ip, port
+        counter: CountedBody | None = flow.metadata.get("auditor_response_stream")
+        if resp is not None:
+            if counter is not None:
+                event.http.response_bytes_wire = counter.size
+                event.notes.append("response body streamed (over the inspect cap or of unknown length); not decoded")
+            elif resp.raw_content is not None:
+                sizes = decoded_size(resp.raw_content, resp.headers.get("content-encoding"), self.limits)
+                event.http.response_bytes_wire, event.http.response_bytes_decoded = sizes.wire, sizes.decoded
+                event.notes.extend(f"response: {n}" for n in sizes.notes)
+            if flow.websocket is not None:
+                event.destination.app_protocol = "websocket"
+        for obs in self._cert_observations(flow.server_conn, event.destination.sni):
+            _add(event.observations, obs)
+        if flow.error is not None:
+            msg = flow.error.msg
+            event.notes.append(f"error: {msg}")
+            if "client disconnected" in msg.lower() or "peer closed" in msg.lower() or "connection closed" in msg.lower():
+                _add(event.observations, "client-disconnect")
+            if flow.request.raw_content is None and flow.metadata.get("auditor_stream") is None:
+                _add(event.observations, "body-truncated")
+            if "certificate" in msg.lower() and "hostname" in msg.lower():
+                _add(event.observations, "cert-name-mismatch")
+            if "malformed" in msg.lower() or "invalid" in msg.lower() or "protocol error" in msg.lower():
+                _add(event.observations, "malformed")
+        streamer: StreamedBody | None = flow.metadata.get("auditor_stream")
+        if streamer is not None:
+            event.http.request_bytes_wire = streamer.size
+            if streamer.info is not None:
+                event.payload = streamer.info
+                if streamer.streamed:
+                    _note_not_inspected(event.payload, "streamed past the inspect cap")
+            else:  # the body never ended: the client hung up or the proxy cut it
+                event.payload = PayloadInfo(sha256=streamer.sha.hexdigest(), size=streamer.size, inspected=False, not_inspected_reason="body-truncated")
+                _add(event.observations, "body-truncated")
+            if streamer.withheld:
+                event.notes.append("enforce: payload violation found while streaming; the end of the body was withheld and the flow cut")
+            if flow.metadata.get("auditor_note"):
+                event.notes.append(flow.metadata["auditor_note"])
+            event.decision = self._judge(event)
+            if streamer.withheld and event.decision is not None:
+                event.decision = self._refused(event.decision)
+        if event.payload is not None and not event.payload.inspected:
+            self.counts["not_inspected"] += 1
+
+    def _http_event(self, flow: http.HTTPFlow) -> EgressEvent:
+        """The event for a request whose body (if any) is held whole."""
+        event = self._base_event(flow)
+        req = flow.request
+        assert event.http is not None
+        body = req.raw_content
+        if body is None:
+            if flow.metadata.get("auditor_stream") is None:
+                event.notes.append("request body not available (streamed by mitmproxy or cut off)")
+        elif body:
+            sizes = decoded_size(body, req.headers.get("content-encoding"), self.limits)
+            event.http.request_bytes_wire, event.http.request_bytes_decoded = sizes.wire, sizes.decoded
+            event.notes.extend(sizes.notes)
+            if sizes.malformed:
+                _add(event.observations, "malformed")
+                self.counts["malformed"] += 1
+            declared = _content_length(req)
+            if declared is not None and declared != len(body):
+                event.notes.append(f"Content-Length says {declared} bytes, body has {len(body)}")
+                _add(event.observations, "malformed")
+            try:
+                event.payload = inspect_whole(body, self._body_ctx(flow), self.limits)
+            except Exception as exc:  # a classifier bug is recorded, never fatal to the proxy
+                event.payload = PayloadInfo(size=len(body), inspected=False, not_inspected_reason=f"classifier failed: {type(exc).__name__}: {exc}")
+        else:
+            event.http.request_bytes_wire = event.http.request_bytes_decoded = 0
+            if "?" in req.path:  # a bodyless request still carries its query string out: classify the URL
+                try:
+                    event.payload = inspect_whole(b"", self._body_ctx(flow), self.limits)
+                except Exception as exc:  # a classifier bug is recorded, never fatal to the proxy
+                    event.payload = PayloadInfo(size=0, inspected=False, not_inspected_reason=f"classifier failed: {type(exc).__name__}: {exc}")
+        event.decision = self._judge(event)
+        return event
+
+    def _base_event(self, flow: http.HTTPFlow) -> EgressEvent:
+        tunnel = self._tunnels.get(flow.client_conn.id)
+        target = tunnel.target if tunnel else None
+        dest = destination_of(flow, target)
+        event = EgressEvent(
+            sensor_id=self._sid(),
+            time=when(flow.request.timestamp_start),
+            kind="http",
+            source=self._source(flow.client_conn),
+            destination=dest,
+            http=http_info(flow),
+        )
+        names = [target[0] if target else None, dest.sni, dest.http_host, flow.request.host]
+        obs = checks.fronting(target[0] if target else None, dest.sni, dest.http_host)
+        obs += checks.direct_ip(names)
+        obs += checks.port_mismatch(dest.http_host or dest.host, target[1] if target else flow.request.port, self._endpoint_ports)
+        obs += checks.plaintext(dest.http_host or dest.host, bool(dest.tls), self._tls_hosts)
+        for o in obs:
+            _add(event.observations, o)
+        return event
+
+    def _body_ctx(self, flow: http.HTTPFlow) -> BodyContext:
+        req = flow.request
+        return BodyContext(
+            method=req.method,
+            path=req.path,
+            host=req.host_header or req.host,
+            content_type=req.headers.get("content-type"),
+            content_encoding=req.headers.get("content-encoding"),
+            context=self.classify_context,
+        )
+
+    def _streamed_verdict(self, flow: http.HTTPFlow, info: PayloadInfo) -> bool:
+        event = self._base_event(flow)
+        event.payload = info
+        decision = self._judge(event)
+        return decision is not None and decision.action == "violation"
+
+    # --- WebSocket -----------------------------------------------------------------
+
+    def websocket_message(self, flow: http.HTTPFlow) -> None:
+        assert flow.websocket is not None
+        message = flow.websocket.messages[-1]
+        try:
+            if not message.from_client:
+                return
+            event = self._base_event(flow)
+            event.kind = "websocket"
+            event.destination.app_protocol = "websocket"
+            ip, port = upstream_of(flow.server_conn)
+            event.destination.ip, event.destination.port = ip, port
+            event.time = when(message.timestamp)
+            content = message.content
+            if len(content) <= self.cap:
+                event.payload = inspect_whole(content, BodyContext("WEBSOCKET", flow.request.path, flow.request.host_header, "text/plain" if message.is_text else "application/octet-stream", None, self.classify_context), self.limits)
+            else:
+                event.payload = PayloadInfo(sha256=hashlib.sha256(content).hexdigest(), size=len(content), inspected=False, not_inspected_reason="message over the inspect cap")
+            assert event.http is not None
+            event.http.request_bytes_wire = event.http.request_bytes_decoded = len(content)
+            event.http.status = 101
+            event.decision = self._judge(event)
+            if self.mode == "enforce" and event.decision is not None and event.decision.action == "violation":
+                message.drop()
+                event.decision = self._refused(event.decision)
+            self._emit(event)
+        finally:
+            flow.websocket.messages.clear()  # each message is judged once; holding them all is a flood's memory
+
+    # --- raw TCP and TLS not opened ------------------------------------------------
+
+    def tcp_start(self, flow: tcp.TCPFlow) -> None:
+        flow.metadata["auditor_up"] = 0
+        flow.metadata["auditor_down"] = 0
+
+    def tcp_message(self, flow: tcp.TCPFlow) -> None:
+        message = flow.messages[-1]
+        key = "auditor_up" if message.from_client else "auditor_down"
+        flow.metadata[key] = flow.metadata.get(key, 0) + len(message.content)
+        flow.messages.clear()  # counted; raw bytes are never kept
+
+    def tcp_end(self, flow: tcp.TCPFlow) -> None:
+        self._finish_tcp(flow)
+
+    def tcp_error(self, flow: tcp.TCPFlow) -> None:
+        self._finish_tcp(flow)
+
+    def _finish_tcp(self, flow: tcp.TCPFlow) -> None:
+        if flow.metadata.get("auditor_done"):
+            return
+        flow.metadata["auditor_done"] = True
+        tunnel = self._tunnels.get(flow.client_conn.id) or Tunnel()
+        ip, port = upstream_of(flow.server_conn)
+        target = tunnel.target
+        passthrough = tunnel.passthrough_sni is not None
+        event = EgressEvent(
+            sensor_id=self._sid(),
+            time=when(flow.client_conn.timestamp_start),
+            kind="tls" if passthrough else "tcp",
+            source=self._source(flow.client_conn),
+            flow=FlowInfo(
+                direction="egress",
+                tcp_state="closed",
+                bytes_up=flow.metadata.get("auditor_up", 0),
+                bytes_down=flow.metadata.get("auditor_down", 0),
+                first_seen=when(flow.client_conn.timestamp_start),
+                last_seen=when(flow.client_conn.timestamp_end or time.time()),
+            ),
+        )
+        d = event.destination
+        d.host = target[0] if target else (flow.server_conn.address[0] if flow.server_conn.address else None)
+        d.sni = tunnel.passthrough_sni or flow.client_conn.sni
+        d.ip, d.port = ip, port if port is not None else (target[1] if target else None)
+        d.app_protocol = "tls" if passthrough else "tcp"
+        d.tls = True if passthrough else None
+        if passthrough:
+            _add(event.observations, "tls-not-opened")
+            event.payload = PayloadInfo(size=event.flow.bytes_up if event.flow else 0, inspected=False, not_inspected_reason="tls-not-opened")
+            event.notes.append(tunnel.passthrough_reason or "passthrough")
+        else:
+            event.payload = PayloadInfo(size=event.flow.bytes_up if event.flow else 0, inspected=False, not_inspected_reason="raw-tcp")
+        for o in checks.direct_ip([d.host, d.sni]) + checks.fronting(d.host, d.sni, None):
+            _add(event.observations, o)
+        if flow.error:
+            event.notes.append(f"error: {flow.error.msg}")
+        event.decision = self._judge(event)
+        self._emit(event)
+
+    def tls_failed_client(self, data: tls.TlsData) -> None:
+        """The client would not finish TLS with our certificate: a pinned client or one that rejects our CA."""
+        conn = data.conn
+        tunnel = self._tunnels.get(data.context.client.id) or Tunnel()
+        target = tunnel.target
+        ip, port = upstream_of(data.context.server)
+        event = EgressEvent(
+            sensor_id=self._sid(),
+            time=when(conn.timestamp_start),
+            kind="tls",
+            source=self._source(data.context.client),
+            flow=FlowInfo(direction="egress", tcp_state="closed", first_seen=when(conn.timestamp_start), last_seen=when(time.time())),
+        )
+        d = event.destination
+        d.host = target[0] if target else (data.context.server.address[0] if data.context.server.address else None)
+        d.sni, d.ip, d.port, d.tls, d.app_protocol = conn.sni, ip, port if port is not None else (target[1] if target else None), True, "tls"
+        _add(event.observations, "tls-not-opened")
+        event.payload = PayloadInfo(inspected=False, not_inspected_reason="tls-not-opened")
+        event.notes.append(f"client rejected the proxy's certificate: {conn.error or 'handshake failed'}")
+        for o in checks.direct_ip([d.host, d.sni]) + checks.fronting(d.host, d.sni, None):
+            _add(event.observations, o)
+        event.decision = self._judge(event)
+        if conn.sni and self.mode == "audit" and self.learn_passthrough:
+            self.learned_passthrough.add(conn.sni.lower().rstrip("."))
+            event.notes.append("later connections to this SNI are passed through (audit mode)")
+        self._emit(event)
+
+    def tls_failed_server(self, data: tls.TlsData) -> None:
+        """Upstream TLS failed: usually a certificate that does not name the server asked for."""
+        conn = data.conn
+        err = (conn.error or "").lower()
+        tunnel = self._tunnels.get(data.context.client.id) or Tunnel()
+        event = EgressEvent(sensor_id=self._sid(), kind="tls", source=self._source(data.context.client))
+        d = event.destination
+        ip, port = upstream_of(conn)  # type: ignore[arg-type]
+        d.host = tunnel.target[0] if tunnel.target else (conn.address[0] if conn.address else None)
+        d.sni, d.ip, d.port, d.tls, d.app_protocol = conn.sni, ip, port, True, "tls"
+        if "hostname" in err or "mismatch" in err or "doesn't match" in err:
+            _add(event.observations, "cert-name-mismatch")
+        event.notes.append(f"upstream TLS failed: {conn.error}")
+        event.payload = PayloadInfo(inspected=False, not_inspected_reason="upstream-tls-failed")
+        event.decision = self._judge(event)
+        self._emit(event)
+
+    # --- judging and recording -----------------------------------------------------
+
+    def _sid(self) -> str:
+        return self._sensor_id or "proxy"
+
+    def _source(self, client: connection.Client) -> Source:
+        """The client, attributed to a pod or node by the inventory, else to a scope by the overlay's CIDRs."""
+        src = source_of(client)
+        if src.ip and self.inventory is not None:
+            from auditor.k8s.attribute import attribute
+
+            probe = EgressEvent(sensor_id=self._sid(), kind="tcp", time=when(client.timestamp_start), source=src)
+            return attribute(probe, self.inventory).source
+        if src.ip and self._scopes:
+            try:
+                ip = ipaddress.ip_address(src.ip)
+            except ValueError:
+                return src
+            for net, scope in self._scopes:
+                if ip in net:
+                    src.scope = scope  # type: ignore[assignment]
+                    break
+        return src
+
+    def _judge(self, event: EgressEvent) -> Decision | None:
+        if self._evaluate is None:
+            return None
+        try:
+            decision = self._evaluate(event, self.pack)
+        except Exception as exc:  # the policy failing on one event is recorded on it
+            event.notes.append(f"policy failed: {type(exc).__name__}: {exc}")
+            return None
+        if decision is not None and decision.action == "allowed" and "tls-not-opened" in event.observations:
+            # What could not be opened cannot be vouched for, whatever the destination.
+            decision = decision.model_copy(update={"action": "unverified", "reasons": [*decision.reasons, "TLS not opened: content unseen"]})
+        return decision
+
+    def _refused(self, decision: Decision) -> Decision:
+        return decision.model_copy(update={"reasons": [*decision.reasons, "refused by the proxy (enforce mode)"]})
+
+    def _block_response(self, decision: Decision, event_id: str) -> http.Response:
+        self.counts["blocked"] += 1
+        message = decision.reasons[0] if decision.reasons else ""
+        rule = getattr(self.pack, "rule", None)
+        if rule is not None:
+            try:
+                message = rule(decision.rule_id).message
+            except Exception:  # a decision citing an unknown rule still blocks; the reason says which
+                pass
+        body = {
+            "error": "blocked by Boundary Auditor",
+            "rule": decision.rule_id,
+            "severity": decision.severity,
+            "message": message,
+            "reasons": decision.reasons,
+            "event": event_id,
+        }
+        return http.Response.make(BLOCK_STATUS, json.dumps(body).encode(), {"content-type": "application/json", "x-boundary-auditor": decision.rule_id})
+
+    def _failure_event(self, flow: http.HTTPFlow, exc: BaseException) -> EgressEvent:
+        event = EgressEvent(sensor_id=self._sid(), kind="http", source=source_of(flow.client_conn))
+        event.destination.host = flow.request.host
+        _add(event.observations, "malformed")
+        event.notes.append(f"sensor could not record this flow: {type(exc).__name__}: {exc}")
+        return event
+
+    def _emit(self, event: EgressEvent) -> None:
+        self.counts["events"] += 1
+        if self.writer is not None:
+            self.writer.submit(event)
+
+
+def _nodelay_for(client: connection.Client, conn: connection.Connection) -> None:
+    """Disable Nagle on the proxy's sockets: a small write after a small write must not wait for an ACK."""
+    sock = _socket_of(client, conn)
+    if sock is not None:
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:
+            pass
+
+
+def _quickack(client: connection.Client) -> None:
+    """ACK what the client sent now instead of after the delayed-ACK timer.
+
+    Clients that write headers and body separately with Nagle on (Python `requests`
+    through a proxy tunnel: urllib3 does not set TCP_NODELAY there) hold the body until
+    the headers are ACKed; a proxy that has nothing to answer yet delays that ACK by
+    ~40 ms. Linux sends the pending ACK at once when TCP_QUICKACK is set.
+    """
+    quickack = getattr(socket, "TCP_QUICKACK", None)
+    sock = _socket_of(client, client) if quickack is not None else None
+    if sock is not None:
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, quickack, 1)
+        except OSError:
+            pass
+
+
+def _abort(client: connection.Client, conn: connection.Connection) -> None:
+    sock = _socket_of(client, conn)
+    if sock is not None:
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+
+def _socket_of(client: connection.Client, conn: connection.Connection) -> Any:
+    """The OS socket behind a connection of mitmproxy's proxy server, if it has one."""
+    server = ctx.master.addons.get("proxyserver") if ctx.master else None
+    handler = server.connections.get(client.id) if server is not None else None
+    io = handler.transports.get(conn) if handler is not None else None
+    writer = io.writer if io is not None else None
+    get_extra = getattr(writer, "get_extra_info", None)
+    return get_extra("socket") if get_extra is not None else None
+
+
+def _body_length(req: http.Request) -> int | None:
+    """Bytes of request body to come, when known: Content-Length, or none for HTTP/1 without chunking."""
+    length = _content_length(req)
+    if length is None and req.http_version != "HTTP/2.0" and "transfer-encoding" not in req.headers:
+        return 0
+    return length
+
+
+def _content_length(message: http.Message) -> int | None:
+    value = message.headers.get("content-length")
+    if value is None:
+        return None
+    try:
+        return int(value.strip())
+    except ValueError:
+        return None
+
+
+def _add(items: list[str], item: str) -> None:
+    if item not in items:
+        items.append(item)
+
+
+def _note_not_inspected(info: PayloadInfo, reason: str) -> None:
+    if not info.inspected and not info.not_inspected_reason:
+        info.not_inspected_reason = reason
+
+
+addons = [AuditorAddon()]
