@@ -145,13 +145,12 @@ def audit(
     else:
         if inventory is not None:
             raise AuditorError("--inventory attributes a cluster's store", fix="use it with --store")
-        stop = threading.Event()
-        if not command:
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                signal.signal(sig, lambda *_: stop.set())
+        stop = threading.Event()  # Ctrl-C or SIGTERM: end the job (if any), then report what was seen
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: stop.set())
         req = LocalAudit(out=out, command=command or [], duration=duration, pack=pack, overlays=overlay or [], sign_key=sign,
                          iface=iface, bpf=bpf, listen_host=listen, connect_to=connect_to or [], upstream_ca=upstream_ca)
-        result = run_local_audit(req, say, stop if not command and duration is None else None)
+        result = run_local_audit(req, say, stop)
         ran = f"; command exited {result.command_exit}" if result.command_exit is not None else ""
         summary = f"local audit: {result.events} records in {result.seconds:.1f} s{ran}; evidence {result.store}"
     _print_run(result.report, result.notes, summary)
