@@ -69,7 +69,7 @@ class Destination(_Model):
     http_host: str | None = None  # Host header or :authority
     ip: str | None = None
     port: int | None = Field(default=None, ge=0, le=65535)
-    transport: Literal["tcp", "udp", "icmp"] = "tcp"
+    transport: Literal["tcp", "udp", "icmp", "other"] = "tcp"  # other: GRE, ESP, SCTP, ... (see app_protocol)
     app_protocol: str | None = None  # http/1.1, h2, websocket, tls, dns, quic, ...
     tls: bool | None = None  # None: not known
 

@@ -249,9 +249,9 @@ class Probe:
         elif proto == FRAGMENT:
             self.fragments += 1
             return
-        else:
+        else:  # GRE, ESP, SCTP, ...: a tunnel out is egress like any other, so it is a flow
             self.other[proto] += 1
-            return
+            ks, kd = 0, 0
         key = (proto, addrs, ks, kd)
         entry = self.table.keys.get(key)
         if entry is None or (proto == TCP and flags & 0x12 == SYN and entry[0].closed_at):
@@ -644,13 +644,13 @@ class Probe:
             sensor_id=self.config.sensor_id,
             kind="icmp" if is_icmp else "flow",
             time=when(f.first),
-            source=Source(ip=ip_text(f.src), port=None if is_icmp else f.sport, scope="external" if dirn == "inbound" else "unknown"),
+            source=Source(ip=ip_text(f.src), port=None if is_icmp or f.transport == "other" else f.sport, scope="external" if dirn == "inbound" else "unknown"),
             destination=Destination(
                 host=host,
                 sni=f.sni,
                 http_host=http_host,
                 ip=ip_text(f.dst),
-                port=None if is_icmp else f.dport,
+                port=None if is_icmp or f.transport == "other" else f.dport,
                 transport=f.transport,  # type: ignore[arg-type]
                 app_protocol=_app_protocol(f),
                 tls=True if (f.sni or f.alpn or f.quic) else False if f.http else None,
@@ -749,7 +749,12 @@ class Probe:
         )
 
 
+_IP_PROTOCOLS = {47: "gre", 50: "esp", 51: "ah", 132: "sctp", 4: "ipip", 41: "ipv6-in-ipv4", 115: "l2tp"}
+
+
 def _app_protocol(f: Flow) -> str | None:
+    if f.transport == "other":
+        return _IP_PROTOCOLS.get(f.proto, f"ip-proto-{f.proto}")
     if f.quic:
         return "quic"
     if f.sni or f.alpn:

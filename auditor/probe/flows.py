@@ -118,7 +118,7 @@ class Flow:
 
     @property
     def transport(self) -> str:
-        return {TCP: "tcp", UDP: "udp", ICMP: "icmp", ICMPV6: "icmp"}.get(self.proto, "tcp")
+        return {TCP: "tcp", UDP: "udp", ICMP: "icmp", ICMPV6: "icmp"}.get(self.proto, "other")
 
     def tcp_state(self) -> TcpState | None:
         if self.proto != TCP:
@@ -148,6 +148,8 @@ def orient(proto: int, sport: int, dport: int, flags: int, itype: int) -> bool:
             return bool(flags & 0x10)
     elif proto in (ICMP, ICMPV6):
         return itype in (0, 129)
+    elif proto not in (UDP,):
+        return False  # no ports to go by: whoever sent first opened it
     s_srv = sport in SERVER_PORTS or sport < 1024
     d_srv = dport in SERVER_PORTS or dport < 1024
     if s_srv and not d_srv:

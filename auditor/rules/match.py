@@ -121,8 +121,9 @@ def check_endpoint(pack: Pack, ep: Endpoint, host: str, req: Request, note: str 
         fails.append(("egress.scope-unknown", f"{host} is for {' and '.join(sorted(ep.scopes))}s; the source is not attributed"))
     if req.port is not None and req.port not in ep.ports:
         fails.append(("egress.port", f"{host} on port {req.port}; the endpoint allows {', '.join(map(str, sorted(ep.ports)))}"))
-    if ep.transport != "any" and req.transport != ep.transport and req.transport in ("tcp", "udp"):
-        fails.append(("egress.port", f"{host} over {req.transport.upper()}; the endpoint is {ep.transport.upper()} only"))
+    if ep.transport != "any" and req.transport != ep.transport and req.transport in ("tcp", "udp", "other"):
+        over = "another IP protocol" if req.transport == "other" else req.transport.upper()
+        fails.append(("egress.port", f"{host} over {over}; the endpoint is {ep.transport.upper()} only"))
     if ep.tls and req.plaintext:
         fails.append(("egress.plaintext", f"{host} without TLS; the endpoint requires HTTPS"))
     if req.method is not None and ep.methods is not None and req.method not in ep.methods:

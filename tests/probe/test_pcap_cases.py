@@ -373,3 +373,22 @@ def test_pcapng_interface_drop_counters_are_chained_as_drop_events(tmp_path: Pat
     drops = [e.sensor for e in st.events() if e.kind == "sensor" and e.sensor.lifecycle == "drop"]
     st.close()
     assert [(d.dropped, "interface" in (d.detail or "")) for d in drops] == [(1234, True)]
+
+
+def test_gre_and_esp_tunnels_out_are_flows_and_judged(tmp_path: Path) -> None:
+    """A tunnel over another IP protocol is egress like any other: seen, counted, never allowed."""
+    from scapy.layers.l2 import GRE
+
+    t = Trace()
+    for _ in range(3):
+        t.add(IP(src=POD, dst="198.51.100.20") / GRE() / IP(src="192.0.2.1", dst="192.0.2.2") / Raw(b"x" * 40))
+    t.add(IP(src="198.51.100.20", dst=POD) / GRE() / IP(src="192.0.2.2", dst="192.0.2.1") / Raw(b"y" * 10))
+    t.add(IP(src=POD, dst="198.51.100.21", proto=50) / Raw(b"\x00\x00\x10\x01" + b"z" * 60))
+    events = run_trace(t, tmp_path)
+    flows = {e.destination.ip: e for e in of_kind(events, "flow")}
+    gre, esp = flows["198.51.100.20"], flows["198.51.100.21"]
+    assert (gre.destination.transport, gre.destination.app_protocol, gre.destination.port) == ("other", "gre", None)
+    assert gre.flow.direction == "egress" and gre.flow.packets_up == 3 and gre.flow.packets_down == 1
+    assert esp.destination.app_protocol == "esp" and esp.source.ip == POD
+    judged = {e.destination.ip: e.decision for e in judge(of_kind(events, "flow"), load_pack())}
+    assert all(d is not None and d.action == "violation" for d in judged.values())
