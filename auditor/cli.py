@@ -170,8 +170,12 @@ def monitor(
     sign: Annotated[Optional[Path], typer.Option("--sign", help="Ed25519 private key to sign rolling reports.")] = None,
     poll: Annotated[float, typer.Option("--poll", help="Seconds between store polls.")] = 1.0,
     duration: Annotated[Optional[float], typer.Option("--duration", help="Stop after this many seconds (default: until SIGINT/SIGTERM).")] = None,
+    proxy_listen: Annotated[Optional[str], typer.Option("--proxy-listen", help="Also run the proxy here (HOST:PORT).")] = None,
+    mode: Annotated[str, typer.Option("--mode", help="Proxy mode: audit or enforce.")] = "audit",
+    confdir: Annotated[Optional[Path], typer.Option("--confdir", help="Proxy CA directory.")] = None,
+    iface: Annotated[Optional[str], typer.Option("--iface", help="Also run the probe on this interface (e.g. any).")] = None,
 ) -> None:
-    """Continuous mode: tail the store the sensors write, alert once per rule and destination (JSON lines on stdout), serve metrics, write rolling reports."""
+    """Continuous mode: run the sensors (or tail the store others write), alert once per rule and destination (JSON lines on stdout), serve metrics, write rolling reports."""
     import signal
     import threading
 
@@ -185,7 +189,8 @@ def monitor(
     config = MonitorConfig(
         store_url=store, poll_interval=poll, metrics_listen=metrics_listen, webhook=webhook,
         report_every=report_every, report_dir=out if report_every else None, report_window=window,
-        sign_key=sign, duration=duration,
+        sign_key=sign, duration=duration, proxy_listen=proxy_listen, proxy_mode=mode, proxy_confdir=confdir,  # type: ignore[arg-type]
+        iface=iface, pack_path=pack, overlays=overlay or [],
     )
     run_monitor(config, loaded, stop, on_report=lambda d, status: err.print(f"rolling report {status}: {d}", highlight=False))
 

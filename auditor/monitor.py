@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import queue
+import socket
 import sys
 import threading
 import time
@@ -19,13 +20,17 @@ import urllib.request
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TextIO
+from typing import Literal, TextIO
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from auditor.model import EgressEvent, Finding
 from auditor.rules import Pack, group_findings, judge
+from auditor.probe.engine import ProbeConfig
+from auditor.probe.runner import config_from_pack
+from auditor.proxy.runner import ProxyConfig
+from auditor.sensors import ProbeThread, ProxyThread
 from auditor.store.base import Store, open_store
 
 MONITOR_SENSOR = "monitor"
@@ -212,6 +217,43 @@ class MonitorConfig(BaseModel):
     report_window: float | None = None  # seconds of history per rolling report; None: everything
     sign_key: Path | None = None
     duration: float | None = None
+    # Sensors this process runs itself; without them it watches what other processes write.
+    proxy_listen: str | None = None
+    proxy_mode: Literal["audit", "enforce"] = "audit"
+    proxy_confdir: Path | None = None
+    iface: str | None = None
+    pack_path: Path | None = None
+    overlays: list[Path] = Field(default_factory=list)
+
+
+def start_sensors(config: MonitorConfig, pack: Pack) -> list[ProxyThread | ProbeThread]:
+    """The proxy and/or probe the monitor was asked to run, writing the store it tails.
+    A probe that cannot capture is an error here: a monitor that silently watches
+    nothing is worse than one that refuses to start."""
+    started: list[ProxyThread | ProbeThread] = []
+    try:
+        if config.iface:
+            probe_config, _ = config_from_pack(pack, ProbeConfig(sensor_id=f"probe-{socket.gethostname()}"))
+            if config.proxy_listen and not probe_config.proxies:
+                probe_config.proxies = [config.proxy_listen]
+            started.append(ProbeThread(config.iface, config.store_url, config=probe_config, pack=pack, bpf=None).start())
+        if config.proxy_listen:
+            extra = {"confdir": config.proxy_confdir} if config.proxy_confdir else {}
+            proxy = ProxyConfig.from_cli(
+                config.proxy_listen, mode=config.proxy_mode, store=config.store_url,
+                pack=config.pack_path, overlays=config.overlays, **extra,
+            )
+            started.append(ProxyThread(proxy).start())
+    except BaseException:
+        stop_sensors(started)
+        raise
+    return started
+
+
+def stop_sensors(sensors: list[ProxyThread | ProbeThread]) -> None:
+    """Proxy first: the probe decides bypass against the proxy records in the store."""
+    for sensor in sorted(sensors, key=lambda s: isinstance(s, ProbeThread)):
+        sensor.stop()
 
 
 def run_monitor(
@@ -229,6 +271,7 @@ def run_monitor(
     metrics = Metrics()
     if config.metrics_listen:
         serve_metrics(metrics, config.metrics_listen)
+    sensors = start_sensors(config, pack)
     sink = AlertSink(stream, config.webhook, on_failure=lambda _a, _why: metrics.webhook_failures.inc())
     store = open_store(config.store_url)
     watcher = Watcher(store, pack, sink, metrics)
@@ -252,8 +295,9 @@ def run_monitor(
             if config.duration is not None and now - started >= config.duration:
                 break
             stop.wait(config.poll_interval)
-        watcher.poll()
     finally:
+        stop_sensors(sensors)
+        watcher.poll()
         sink.close()
         store.close()
     return metrics

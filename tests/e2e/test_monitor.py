@@ -135,3 +135,42 @@ def test_alert_once_metric_and_restart(tmp_path: Path, receiver: Receiver) -> No
     assert lifecycle == ["start", "gap", "start", "stop"]
     assert store.verify().ok
     assert [json.loads(line)["rule"] for line in (out.getvalue() + out2.getvalue()).splitlines()] == [alert["rule"]] * 2
+
+
+def test_monitor_runs_its_own_proxy_and_probe(tmp_path: Path) -> None:
+    """`--proxy-listen` and `--iface`: the sensors run inside the monitor and stay up;
+    a request through its proxy to a destination outside the pack is alerted."""
+    from http.server import SimpleHTTPRequestHandler
+
+    class Quiet(SimpleHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            pass
+
+    origin = ThreadingHTTPServer(("127.0.0.1", 0), Quiet)
+    threading.Thread(target=origin.serve_forever, daemon=True).start()
+    store_url = str(tmp_path / "evidence.db")
+    proxy_port = _free_port()
+    config = MonitorConfig(
+        store_url=store_url, poll_interval=0.05, proxy_listen=f"127.0.0.1:{proxy_port}",
+        proxy_confdir=tmp_path / "ca", iface="lo",
+    )
+    out = io.StringIO()
+    stop, thread = _start(config, out)
+    try:
+        def listening() -> bool:
+            with socket.socket() as s:
+                return s.connect_ex(("127.0.0.1", proxy_port)) == 0
+
+        assert _wait(listening, 30)
+        proxy = {"http": f"http://127.0.0.1:{proxy_port}"}
+        handler = urllib.request.ProxyHandler(proxy)
+        urllib.request.build_opener(handler).open(f"http://127.0.0.1:{origin.server_address[1]}/", timeout=10).read()
+        assert _wait(lambda: "127.0.0.1" in out.getvalue(), 20), out.getvalue()
+    finally:
+        stop.set()
+        thread.join(30)
+        origin.shutdown()
+    store = open_store(store_url)
+    sensors = {e.sensor_id.split("-")[0] for e in store.events() if e.sensor and e.sensor.lifecycle == "stop"}
+    assert sensors == {"proxy", "probe"}
+    assert store.verify().ok
