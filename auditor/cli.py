@@ -254,19 +254,25 @@ def _utc(value: datetime | None) -> datetime | None:
 
 @app.command()
 def verify(
-    bundle: Annotated[Optional[Path], typer.Argument(help="A report bundle directory to check (signature, digests).")] = None,
+    target: Annotated[Optional[str], typer.Argument(help="A report bundle directory (signature, digests, chains) or an evidence store (file or postgresql:// URL).")] = None,
     store: Annotated[Optional[str], typer.Option("--store", "-s", help="Evidence store to recompute.")] = None,
     key: Annotated[Optional[Path], typer.Option("--key", help="Public key for a bundle's signature.")] = None,
 ) -> None:
-    """Recompute every hash chain; name the first broken record of each sensor."""
+    """Recompute every hash chain and name the first broken record of each sensor; for a bundle, check its signature and digests too."""
+    from rich.text import Text
+
     from auditor.store.base import open_store
 
-    if store is None and bundle is None:
-        raise AuditorError("nothing to verify", fix="pass --store FILE or a bundle directory")
-    if bundle is not None:
+    if target is not None and not Path(target).is_dir():
+        if store is not None:
+            raise AuditorError(f"{target} is not a bundle directory", fix="give either a store or --store, not both")
+        store, target = target, None
+    if store is None and target is None:
+        raise AuditorError("nothing to verify", fix="pass a store (file or postgresql:// URL) or a bundle directory")
+    if target is not None:
         from auditor.report.bundle import verify_bundle
 
-        outcome = verify_bundle(bundle, key)
+        outcome = verify_bundle(Path(target), key)
         for line in outcome.lines:
             console.print(line, highlight=False, markup=False, soft_wrap=True)
         if not outcome.ok:
@@ -278,9 +284,9 @@ def verify(
         finally:
             st.close()
         for head in result.chains:
-            console.print(f"chain {head.sensor_id}: {head.count} records, head #{head.head_seq} {head.head_hash[:16]}…", highlight=False)
+            console.print(f"chain {head.sensor_id}: {head.count} records, head #{head.head_seq} {head.head_hash[:16]}…", highlight=False, markup=False)
         for problem in result.problems:
-            console.print(f"[red]BROKEN[/] {problem.line()}", highlight=False)
+            console.print(Text.assemble(("BROKEN ", "red"), problem.line()), highlight=False)
         if not result.ok:
             raise typer.Exit(1)
         console.print(f"[green]OK[/] {result.records} records in {len(result.chains)} chains verify")

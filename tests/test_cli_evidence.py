@@ -89,3 +89,10 @@ def test_example_store_is_not_modified_by_a_copy(tmp_path: Path) -> None:
     shutil.copy(EXAMPLE, copy)
     for line in copy.read_text().splitlines():
         json.loads(line)
+
+
+def test_verify_takes_the_store_as_its_argument_too(tmp_path: Path) -> None:
+    store = tmp_path / "e.db"
+    assert auditor("ingest", str(EXAMPLE), "--store", str(store)).returncode == 0
+    run = auditor("verify", str(store))
+    assert run.returncode == 0 and "chain proxy-a: 10 records" in run.stdout
