@@ -14,6 +14,7 @@ import json
 import shutil
 import sqlite3
 import tempfile
+from collections.abc import Callable
 from datetime import datetime
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
@@ -28,7 +29,7 @@ from auditor.report.render_html import render_html
 from auditor.report.render_junit import render_junit
 from auditor.report.render_sarif import render_sarif
 from auditor.rules import Pack
-from auditor.store.base import open_store
+from auditor.store.base import Store, open_store
 from auditor.store.chain import canonical_json
 
 FORMATS = ("html", "json", "sarif", "junit", "intoto")
@@ -173,9 +174,11 @@ def make_report(
     sign_key: Path | None = None,
     pack_path: str | None = None,
     overlays: list[str] | None = None,
+    store_view: Callable[[Store], Store] | None = None,
 ) -> ReportOutcome:
     """Snapshot the store, build the document from the snapshot, render each
-    format, then sign the statement over all of it."""
+    format, then sign the statement over all of it. `store_view` wraps the store as the
+    report reads it (e.g. sources attributed with an inventory); the records are unchanged."""
     if since is not None and until is not None and since >= until:
         raise AuditorError(f"the window is empty: --since {since.isoformat()} is not before --until {until.isoformat()}",
                            fix="give --since an earlier time than --until")
@@ -197,7 +200,7 @@ def make_report(
     )
     store = open_store(read_url, create=False)
     try:
-        doc = build_report(store, pack, params)
+        doc = build_report(store_view(store) if store_view else store, pack, params)
     finally:
         store.close()
 

@@ -296,6 +296,10 @@ def destination_label(event: EgressEvent) -> str:
     if event.flow is not None and event.flow.direction == "inbound":
         return f"inbound from {event.source.ip or 'unknown'} to {d.ip or d.host or 'cluster'}:{d.port or '?'}"
     if event.kind == "dns" and event.dns is not None:
+        if "dns-tunnel" in event.observations:  # every query a fresh name: one tunnel is one finding, by parent domain
+            from auditor.probe.dns import parent_domain  # noqa: PLC0415 - only for tunnel records
+
+            return f"dns *.{parent_domain(normalise_host(event.dns.qname))}"
         return f"dns {normalise_host(event.dns.qname)}"
     raw = d.host or d.sni or d.http_host or d.ip
     if not raw:
