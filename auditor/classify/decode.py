@@ -401,19 +401,35 @@ def encoded_runs(text: str, min_len: int) -> Iterator[Run]:
         yield Run(m.start(), "base64", raw)
 
 
-_B64_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/=_-")
-_RUN_SPLIT = str.maketrans({chr(i): " " for i in range(128) if chr(i) not in _B64_CHARS})
-_HEX_CHARS = frozenset("0123456789abcdefABCDEF")
+_B64_BYTES = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/=_-"
+# base64-alphabet bytes become "x", every other byte (non-ASCII included) a space
+_RUN_MASK = bytes(0x78 if b in _B64_BYTES else 0x20 for b in range(256))
+_HEX_CHARS = frozenset(b"0123456789abcdefABCDEF")
+_HAS_DIGIT_B = re.compile(rb"\d")
+
+
+def long_runs(text: str, min_len: int) -> Iterator[bytes]:
+    """Runs of the base64 alphabet of at least min_len characters, as bytes: one C-level
+    translate and one substring search per long run, so short words cost nothing (the
+    alphabet is ASCII, so the UTF-8 bytes split exactly where the text does)."""
+    raw = text.encode("utf-8", "surrogatepass")
+    mask = raw.translate(_RUN_MASK)
+    needle = b"x" * min_len
+    i = mask.find(needle)
+    while i != -1:
+        end = mask.find(b" ", i + min_len)
+        if end == -1:
+            end = len(mask)
+        yield raw[i:end]
+        i = mask.find(needle, end)
 
 
 def maybe_encoded(text: str, min_len: int) -> bool:
     """False only when `encoded_runs` would certainly yield nothing: no run of the
     base64 alphabet that is long enough, carries a digit or mixes case, and is not a
-    short hex id (ObjectIds, UUIDs, hashes). One translate and one split, at C speed."""
-    for r in text.translate(_RUN_SPLIT).split():
-        if len(r) < min_len:
-            continue
-        if _HAS_DIGIT.search(r) is None and (r.islower() or r.isupper()):
+    short hex id (ObjectIds, UUIDs, hashes)."""
+    for r in long_runs(text, min_len):
+        if _HAS_DIGIT_B.search(r) is None and (r.islower() or r.isupper()):
             continue
         if len(r) < 128 and not len(r) % 2 and _HEX_CHARS.issuperset(r) and not binascii.unhexlify(r).isascii():
             continue

@@ -195,6 +195,10 @@ def artifact_name(name: str | None) -> tuple[str, str] | None:
     if not name:
         return None
     bare = name.split("?", 1)[0]
+    # every pattern ends in ".gz" or names a "gretel_" upload ("$" also matches before a final newline)
+    low = bare.lower()
+    if not low.endswith((".gz", ".gz\n")) and "gretel_" not in low:
+        return None
     for rx, label, what in _ARTIFACT_NAMES:
         if rx.search(bare):
             return label, what
@@ -276,12 +280,18 @@ def _automaton() -> ahocorasick.Automaton:
 KEYWORDS = _automaton()
 
 
-def keyword_hits(lowered: str) -> dict[str, set[str]]:
-    """One Aho-Corasick pass: detector name -> keywords seen. Empty for most metadata."""
+Sighting = tuple[int, tuple[str, tuple[str, ...]]]  # (end offset, (keyword, detectors)) as KEYWORDS.iter yields
+
+
+def keyword_hits(lowered: str, sightings: list[Sighting] | None = None) -> dict[str, set[str]]:
+    """One Aho-Corasick pass: detector name -> keywords seen. Empty for most metadata.
+    `sightings`, when given, receives every match with its offset (for `_spans`)."""
     hits: dict[str, set[str]] = {}
-    for _end, (word, detectors) in KEYWORDS.iter(lowered):
-        for d in detectors:
-            hits.setdefault(d, set()).add(word)
+    for found in KEYWORDS.iter(lowered):
+        if sightings is not None:
+            sightings.append(found)
+        for d in found[1][1]:
+            hits.setdefault(d, set()).add(found[1][0])
     return hits
 
 
@@ -298,14 +308,15 @@ def _entropy_ok(value: str, min_bits: float) -> bool:
     return shannon(value) >= min_bits
 
 
-_WINDOWED = 16 * 1024  # past this size, patterns run only around their keywords
+WINDOWED = 16 * 1024  # past this size, patterns run only around their keywords
 _SPAN: dict[str, tuple[int, int]] = {"private-key": (64, 16384), "gcp-service-account": (8192, 8192)}
 
 
-def _spans(text: str) -> dict[str, list[tuple[int, int]]]:
-    """Merged windows around each keyword, per detector (a second pass, only for big texts)."""
+def _spans(text: str, sightings: list[Sighting] | None = None) -> dict[str, list[tuple[int, int]]]:
+    """Merged windows around each keyword, per detector (only for big texts), from the
+    gate's own pass when it kept its sightings, else from a second pass."""
     raw: dict[str, list[tuple[int, int]]] = {}
-    for end, (word, detectors) in KEYWORDS.iter(text.lower()):
+    for end, (word, detectors) in sightings if sightings is not None else KEYWORDS.iter(text.lower()):
         for d in detectors:
             before, after = _SPAN.get(d, (128, 512))
             raw.setdefault(d, []).append((max(0, end - len(word) - before), end + after))
@@ -333,10 +344,11 @@ def _finditer(rx: re.Pattern[str], text: str, kind: str, spans: dict[str, list[t
                 yield m
 
 
-def credential_findings(text: str, hits: dict[str, set[str]], path: str) -> list[DetectorFinding]:
-    """Secrets the keyword pass pointed at, each behind its own pattern and entropy gate."""
+def credential_findings(text: str, hits: dict[str, set[str]], path: str, sightings: list[Sighting] | None = None) -> list[DetectorFinding]:
+    """Secrets the keyword pass pointed at, each behind its own pattern and entropy gate.
+    `sightings`: that pass's matches over `text.lower()`, so big texts are not scanned twice."""
     out: list[DetectorFinding] = []
-    spans = _spans(text) if len(text) > _WINDOWED else None
+    spans = _spans(text, sightings) if len(text) > WINDOWED else None
 
     def add(kind: str, value: str, offset: int, likelihood: str = "VERY_LIKELY") -> None:
         out.append(
@@ -448,17 +460,25 @@ _DIGIT_CAND = re.compile(r"(?<!\d)(?!\d{4}-\d\d-\d\d)[+(]?\d[\d ()+.-]{7,24}\d")
 _UPPER_CAND = re.compile(r"\b[A-Z]{2} ?\d{2}[A-Z0-9 ]{4,36}")
 
 
-_SHAPE = str.maketrans({**{c: "0" for c in "0123456789"}, **{c: "A" for c in "ABCDEFGHIJKLMNOPQRSTUVWXYZ"}, " ": "-", ".": "-", "\t": "-"})
+_SHAPE_MAP = {**{c: "0" for c in "0123456789"}, **{c: "A" for c in "ABCDEFGHIJKLMNOPQRSTUVWXYZ"}, " ": "-", ".": "-", "\t": "-"}
+_SHAPE = bytes(ord(_SHAPE_MAP.get(chr(b), chr(b))) if b < 128 else b for b in range(256))
 # what every digit-led and upper-case-led pattern below needs, with separators folded to "-"
-_DIGIT_SHAPES = ("000-00-0000", "000-000-0000", "000)000-0000", "000)-000-0000", "0000-0000-0000", "0000-000000-00000", "00000000000", "+0")
-_UPPER_SHAPES = ("AA00", "AA-00", "A000000", "A-00-")
+_DIGIT_SHAPES = (b"000-00-0000", b"000-000-0000", b"000)000-0000", b"000)-000-0000", b"0000-0000-0000", b"0000-000000-00000", b"00000000000", b"+0")
+_UPPER_SHAPES = (b"AA00", b"AA-00", b"A000000", b"A-00-")
+_UPPER_SHAPES_RE = re.compile(b"A(?:" + b"|".join(re.escape(s[1:]) for s in _UPPER_SHAPES) + b")")  # one pass, not four
 
 
 def _pii_shapes(text: str) -> tuple[bool, bool]:
     """Whether digit-led and upper-case-led personal data can be present at all: one
-    C-level translate and a few substring searches, far cheaper than the regexes."""
-    t = text.translate(_SHAPE)
-    return any(s in t for s in _DIGIT_SHAPES), any(s in t for s in _UPPER_SHAPES)
+    C-level bytes translate and a few substring searches, far cheaper than the regexes.
+    The shapes are ASCII, so the UTF-8 bytes hold one exactly when the text does."""
+    return _flags(text.encode("utf-8", "surrogatepass").translate(_SHAPE))
+
+
+def _flags(t: bytes) -> tuple[bool, bool]:
+    d1, d2, d3, d4, d5, d6, d7, d8 = _DIGIT_SHAPES
+    digits = d1 in t or d2 in t or d3 in t or d4 in t or d5 in t or d6 in t or d7 in t or d8 in t
+    return digits, _UPPER_SHAPES_RE.search(t) is not None
 
 
 def pii_hits(text: str) -> list[PiiHit]:
@@ -476,7 +496,8 @@ def pii_hits(text: str) -> list[PiiHit]:
             out.append(PiiHit("email", m.start(), m.group(0)))
             last = m.end()
         at = text.find("@", max(at + 1, last))
-    digits, upper = _pii_shapes(text)
+    shaped = text.encode("utf-8", "surrogatepass").translate(_SHAPE)
+    digits, upper = _flags(shaped)
     for c in _DIGIT_CAND.finditer(text) if digits else ():
         cand = c.group(0)
         if len(cand) - len(cand.translate(_NO_DIGITS)) < 9:
@@ -495,7 +516,7 @@ def pii_hits(text: str) -> list[PiiHit]:
         for m in _PHONE.finditer(text, a, b):
             if m.start() not in found:
                 out.append(PiiHit("phone", m.start(), m.group(0)))
-    for c in _UPPER_CAND.finditer(text) if upper else ():
+    for c in _upper_candidates(text, shaped) if upper else ():
         a, b = c.start(), c.end()
         for m in _NINO.finditer(text, a, min(len(text), b + 1)):
             out.append(PiiHit("nino", m.start(), m.group(0)))
@@ -503,6 +524,30 @@ def pii_hits(text: str) -> list[PiiHit]:
             if _iban_ok(m.group(0)):
                 out.append(PiiHit("iban", m.start(), m.group(0)))
     return out
+
+
+def _upper_candidates(text: str, shaped: bytes) -> Iterable[re.Match[str]]:
+    """_UPPER_CAND.finditer(text), visiting only where a match can start: every match opens
+    with two capitals, an optional space and two digits, shaped "AA00" or "AA-00". In ASCII
+    text the shaped bytes share the text's offsets, so trying the pattern at those places
+    in order, past the previous match, yields exactly the matches finditer yields."""
+    if len(shaped) != len(text):
+        yield from _UPPER_CAND.finditer(text)
+        return
+    starts: set[int] = set()
+    for needle in (b"AA00", b"AA-00"):
+        i = shaped.find(needle)
+        while i != -1:
+            starts.add(i)
+            i = shaped.find(needle, i + 1)
+    last = 0
+    for p in sorted(starts):
+        if p < last:
+            continue
+        m = _UPPER_CAND.match(text, p)
+        if m:
+            last = m.end()
+            yield m
 
 
 # --- tabular shape -------------------------------------------------------------------------------

@@ -82,6 +82,7 @@ _MAX_FINDINGS = 200
 class _Gate:
     hits: dict[str, set[str]]
     runs: bool
+    sightings: list[det.Sighting] | None = None  # kept for big texts: their keyword offsets
 
 
 @dataclass
@@ -116,14 +117,15 @@ class _Run:
     # --- per-text detectors -------------------------------------------------------------
 
     def gate(self, text: str) -> _Gate:
-        return _Gate(hits=det.keyword_hits(text.lower()), runs=maybe_encoded(text, self.limits.min_embedded))
+        sightings: list[det.Sighting] | None = [] if len(text) > det.WINDOWED else None
+        return _Gate(hits=det.keyword_hits(text.lower(), sightings), runs=maybe_encoded(text, self.limits.min_embedded), sightings=sightings)
 
     def keyworded(self, text: str, path: str, gate: _Gate, *, whole: bool) -> None:
         """Credentials, canaries and report keys in one string (the gate said some may be there)."""
         hits = gate.hits if whole else det.keyword_hits(text.lower())
         if not hits:
             return
-        for f in det.credential_findings(text, hits, path):
+        for f in det.credential_findings(text, hits, path, gate.sightings if whole else None):
             self.add(f)
         if "canary" in hits:
             known = self.ctx.canaries.tokens if self.ctx.canaries else frozenset()
@@ -266,7 +268,88 @@ class _Run:
         )
 
     def walk(self, value: Any, path: str, model: type[rt.Body] | None, depth: int, *, free: bool, opaque: bool, config: bool, gate: _Gate, level: int, key: str | None = None) -> None:
-        self.value(value, path, model, depth, free, opaque, config, gate, level, key)
+        if self.quiet:
+            self.quiet_value(value, path, model, free, opaque, config, gate, level)
+        else:
+            self.value(value, path, model, depth, free, opaque, config, gate, level, key)
+
+    def quiet_value(self, value: Any, path: str, model: type[rt.Body] | None, free: bool, opaque: bool, config: bool, gate: _Gate, level: int) -> None:
+        """`value` when `_quiet` proved no string can fire a detector: the same structure
+        checks in the same order (extra fields, kinds, runner_mode, data_source, record
+        arrays, node and depth caps), with strings only counted and child paths built only
+        for containers. A container's string leaves are counted one by one, as `leaf` does,
+        so a node cap trips at the same value."""
+        if value.__class__ is str:
+            self.budget.node()
+            return
+        if not isinstance(value, (dict, list)):
+            return
+        if level > self.limits.max_structure_depth:
+            raise LimitExceeded(f"structure-depth: JSON/YAML nested deeper than {self.limits.max_structure_depth} levels")
+        budget = self.budget
+        max_nodes = self.limits.max_nodes
+        budget.nodes += len(value) + 1
+        if budget.nodes > max_nodes:
+            budget.node(0)
+        if not (budget.nodes & 1023):
+            budget.tick()
+        child = self.quiet_value
+        hits = bool(gate.hits)
+        if value.__class__ is dict or isinstance(value, dict):
+            specs = rt.specs(model) if model is not None else None
+            for k, v in value.items():
+                vc = v.__class__
+                key = k if k.__class__ is str else str(k)
+                if hits and vc is not str:
+                    self.keyworded(key, f"{path}.{key}", gate, whole=False)
+                if key in _RUNNER_KEYS:
+                    self.runner_mode(v, f"{path}.{key}")
+                if specs is not None:
+                    spec = specs.get(key)
+                    if spec is None:
+                        sub = f"{path}.{key}"
+                        self.extra(key, v, sub, model)
+                        if vc is str:
+                            budget.nodes += 1
+                            if budget.nodes > max_nodes:
+                                budget.node(0)
+                        elif vc not in _SCALARS and isinstance(v, (dict, list)):
+                            child(v, sub, None, True, False, False, gate, level + 1)
+                        continue
+                    if v is not None:
+                        self.kinds.update(spec.kinds)
+                    if spec.config:
+                        self.config(v, f"{path}.{key}", 0, gate, level + 1)
+                        continue
+                    if vc is str:
+                        budget.nodes += 1
+                        if budget.nodes > max_nodes:
+                            budget.node(0)
+                    elif vc not in _SCALARS and isinstance(v, (dict, list)):
+                        child(v, f"{path}.{key}", spec.model, spec.free_text or free, spec.opaque, False, gate, level + 1)
+                else:
+                    if config and key in rt.DATA_SOURCE_KEYS:
+                        self.data_source(v, f"{path}.{key}")
+                    if vc is str:
+                        budget.nodes += 1
+                        if budget.nodes > max_nodes:
+                            budget.node(0)
+                    elif vc not in _SCALARS and isinstance(v, (dict, list)):
+                        child(v, f"{path}.{key}", None, free or key in rt.FREE_TEXT_FIELDS, opaque, config, gate, level + 1)
+            return
+        if (free or model is None) and not config and not opaque:
+            shape = det.same_shaped_records(value) or det.row_shaped_arrays(value)
+            if shape:
+                rows, cols = shape
+                self.finding("tabular:records", "training-data", path, f"{rows} same-shaped records x {cols} fields, values redacted", "LIKELY", None, rows)
+        for i, v in enumerate(value):
+            vc = v.__class__
+            if vc is str:
+                budget.nodes += 1
+                if budget.nodes > max_nodes:
+                    budget.node(0)
+            elif vc not in _SCALARS and isinstance(v, (dict, list)):
+                child(v, f"{path}[{i}]", model, free, opaque, config, gate, level + 1)
 
     def value(self, value: Any, path: str, model: type[rt.Body] | None, depth: int, free: bool, opaque: bool, config: bool, gate: _Gate, level: int, key: str | None) -> None:
         """One JSON/YAML value: containers recurse, strings are leaves (positional args: hot path)."""
@@ -516,10 +599,19 @@ def _as_batch(doc: Any) -> Any:
     return doc
 
 
+_RUNNER_KEYS = frozenset({"runner_mode", "runner_modes"})
+_SCALARS = frozenset({int, float, bool, type(None)})  # leaves the quiet walk neither counts nor enters
+
 _RUN_KINDS = {"model-id": "model-run-id", "model-status": "model-run-status"}
 
 
 def _route_checks(run: _Run, method: str | None, path: str | None, host: str | None, route: rt.Route | None, gretel: bool) -> None:
+    _path_checks(run, method, path, route, gretel)
+    _query_checks(run, path, route)
+
+
+def _path_checks(run: _Run, method: str | None, path: str | None, route: rt.Route | None, gretel: bool) -> None:
+    """What the method and the path without its query say."""
     if route is not None:
         run.kinds.update(route.kinds)
         if route.forbidden:
@@ -535,9 +627,15 @@ def _route_checks(run: _Run, method: str | None, path: str | None, host: str | N
         if art:
             run.finding("artifact-name", art[0], "url.path", f"{art[1]} ({unquote(bare).rsplit('/', 1)[-1]})")
     decoded_path = unquote(bare)
-    gate = run.gate(decoded_path)
-    if gate.hits:
-        run.keyworded(decoded_path, "url.path", gate, whole=False)
+    hits = det.keyword_hits(decoded_path.lower())  # the path is judged by its keywords only
+    if hits:
+        run.keyworded(decoded_path, "url.path", _Gate(hits=hits, runs=False), whole=False)
+
+
+def _query_checks(run: _Run, path: str | None, route: rt.Route | None) -> None:
+    """Every query value is a string leaf of the request, judged like one."""
+    if path is None or "?" not in path:
+        return
     query = rt.query_of(path)
     for k, v in query:
         sub = f"query.{k}"
@@ -549,13 +647,14 @@ def _route_checks(run: _Run, method: str | None, path: str | None, host: str | N
 
 
 @functools.lru_cache(maxsize=4096)
-def _route_facts(method: str | None, path: str | None, host: str | None, gretel: bool, limits: Limits) -> tuple[tuple[DetectorFinding, ...], frozenset[str], bool]:
-    """What the method and URL alone say, cached: agents poll the same URLs all day.
-    Only used without a site context (fingerprints and canary lists read the query too)."""
+def _path_facts(method: str | None, bare: str | None, host: str | None, gretel: bool, limits: Limits) -> tuple[tuple[DetectorFinding, ...], frozenset[str]]:
+    """What the method and the path (query removed) say, cached: ids in the query
+    change every call, the paths agents poll do not. Only used without a site context
+    (fingerprints and canary lists read the path too)."""
     run = _Run(limits=limits, budget=Budget(limits), ctx=ClassifyContext())
-    route = rt.match(method, path, host) if gretel else None
-    _route_checks(run, method, path, host, route, gretel)
-    return tuple(run.findings), frozenset(run.kinds), run.model_run
+    route = rt.match(method, bare, host) if gretel else None
+    _path_checks(run, method, bare, route, gretel)
+    return tuple(run.findings), frozenset(run.kinds)
 
 
 def classify(
@@ -581,10 +680,10 @@ def classify(
     info.route = route.name if route else None
     try:
         if run.ctx.fingerprints is None and run.ctx.canaries is None:
-            findings, kinds, model_run = _route_facts(method, path, host, gretel, lim)
+            findings, kinds = _path_facts(method, path.split("?", 1)[0] if path is not None else None, host, gretel, lim)
             run.findings.extend(f.model_copy() for f in findings)
             run.kinds.update(kinds)
-            run.model_run = model_run
+            _query_checks(run, path, route)
         else:
             _route_checks(run, method, path, host, route, gretel)
         if body:

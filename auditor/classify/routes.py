@@ -265,7 +265,9 @@ ROUTES: tuple[Route, ...] = (
 GRETEL_DOMAINS = ("gretel.cloud", "gretel.ai")
 
 
+@functools.lru_cache(maxsize=1024)
 def is_gretel_host(host: str | None) -> bool:
+    """Cached: a sensor sees the same few hosts all day."""
     if not host:
         return False
     h = host.lower().rstrip(".").rsplit(":", 1)[0] if host.count(":") == 1 else host.lower().rstrip(".")
@@ -299,7 +301,11 @@ def _match(m: str, bare: str, host: str) -> Route | None:
 def query_of(path: str | None) -> list[tuple[str, str]]:
     if not path or "?" not in path:
         return []
-    return parse_qsl(path.split("?", 1)[1].split("#", 1)[0], keep_blank_values=True, max_num_fields=1000)
+    query = path.split("?", 1)[1].split("#", 1)[0]
+    if "%" in query or "+" in query or query.count("&") >= 999:
+        return parse_qsl(query, keep_blank_values=True, max_num_fields=1000)
+    # nothing to unquote: the same pairs parse_qsl gives, without its per-field Python work
+    return [(k, v) for k, _, v in (f.partition("=") for f in query.split("&") if f)]
 
 
 # --- field specs, computed once per model ---------------------------------------------

@@ -204,7 +204,8 @@ class IncrementalScanner:
     def _window(self, text: str) -> None:
         run = self._run
         path = "body"
-        gate = _Gate(hits=det.keyword_hits(text.lower()), runs=True)
+        sightings: list[det.Sighting] | None = [] if len(text) > det.WINDOWED else None
+        gate = _Gate(hits=det.keyword_hits(text.lower(), sightings), runs=True, sightings=sightings)
         if gate.hits:
             run.keyworded(text, path, gate, whole=True)
         for hit in det.pii_hits(text):

@@ -1,0 +1,316 @@
+"""The fast paths catch what the slow paths catch.
+
+Each fast path is checked against the slow one it replaces: the structure-only walk of
+a proven-quiet JSON body against the full per-string walk (forced by a fingerprint
+context, which the quiet proof refuses), the C-level tokeniser against the regex one,
+the long-run search against the split it replaced, the query split against parse_qsl,
+and the one-pass fingerprint hashing against leaks in escaped and encoded forms.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import os
+import re
+import unicodedata
+from itertools import repeat
+from pathlib import Path
+from urllib.parse import parse_qsl, quote
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from auditor.classify import ClassifyContext, Limits, classify, load_context
+from auditor.classify import fingerprint as fpm
+from auditor.classify.decode import _B64_BYTES, _HEX_CHARS, long_runs, maybe_encoded
+from auditor.classify.fingerprint import build, candidates
+from auditor.classify.routes import query_of
+from auditor.model import PayloadInfo
+
+HOST = "api.gretel.cloud"
+FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+
+
+@pytest.fixture(scope="module")
+def unrelated_fps(tmp_path_factory: pytest.TempPathFactory) -> ClassifyContext:
+    """A fingerprint set of values that appear in no body below: it adds no finding,
+    but it switches the quiet proof off, so classify() takes the full per-string walk."""
+    tmp = tmp_path_factory.mktemp("fps")
+    (tmp / "d.csv").write_text("a,b,c\n" + "".join(f"zqxj{i:04d}wv,vwjq{i:04d}xz,kqzv{i:04d}jj\n" for i in range(20)))
+    (tmp / "K").write_bytes(os.urandom(32))
+    build(tmp / "d.csv", tmp / "d.fp", tmp / "K")
+    return load_context(fingerprints=tmp / "d.fp", key_file=tmp / "K")
+
+
+def _verdict(info: PayloadInfo) -> tuple[object, ...]:
+    return (
+        info.labels,
+        info.metadata_kinds,
+        info.inspected,
+        info.not_inspected_reason,
+        sorted((f.detector, f.label, f.likelihood, f.field_path or "", f.count, f.excerpt or "") for f in info.findings),
+    )
+
+
+def _same_both_ways(body: bytes, method: str, path: str, ctx: ClassifyContext, limits: Limits | None = None) -> PayloadInfo:
+    fast = classify(body, method=method, path=path, host=HOST, content_type="application/json", limits=limits)
+    slow = classify(body, method=method, path=path, host=HOST, content_type="application/json", limits=limits, context=ctx)
+    assert _verdict(fast) == _verdict(slow), body
+    return fast
+
+
+STRUCTURED = [
+    # plain metadata: the quiet path's bread and butter
+    ("POST", "/projects/models/logs?uid=64f1c0ffee0ddba11c0ffee1&type=train", {"uid": "64f1c0ffee0ddba11c0ffee1", "logs": [{"ts": "2024-02-01T10:00:00Z", "msg": "Epoch complete", "ctx": {"epoch": 3, "loss": 0.12}, "seq": 1, "stage": "train"}]}),
+    ("PATCH", "/projects/models?uid=abc&type=run", {"uid": "abc", "status": "active", "status_history": [{"status": "created", "ts": "2024-02-01T09:00:00Z"}]}),
+    # extra fields at the top and inside a nested model, one holding a record array
+    ("PATCH", "/projects/models?uid=abc&type=train", {"uid": "abc", "status": "active", "rows": [{"a": 1, "b": 2}, {"a": 3, "b": 4}, {"a": 5, "b": 6}], "status_history": [{"status": "x", "note": "y"}]}),
+    # a record array and a row array inside ctx (free text)
+    ("POST", "/projects/models/logs", {"logs": [{"ts": "t", "msg": "m", "ctx": {"sample": [{"x": 1, "y": 2}, {"x": 3, "y": 4}, {"x": 5, "y": 6}], "grid": [[1, 2], [3, 4], [5, 6]]}}]}),
+    # runner_mode in the body and nested inside a config, data_source inline and as a URI
+    ("POST", "/projects", {"name": "p", "runner_mode": "cloud"}),
+    ("POST", "/v1/workflows", {"name": "w", "config": {"steps": [{"task": "x", "config": {"data_source": [{"a": 1}, {"a": 2}], "runner_mode": "cloud"}}]}}),
+    ("POST", "/v1/workflows", {"name": "w", "config": {"steps": [{"config": {"data_source": "s3://bucket/key.csv"}}]}}),
+    ("POST", "/v1/workflows", {"name": "w", "config_text": "name: w\nsteps:\n  - data_source: s3://bucket/train.csv\n"}),
+    # schema errors and plaintext credentials
+    ("PATCH", "/projects/models", {"uid": 5, "status": None}),
+    ("POST", "/v1/connections", {"name": "c", "type": "s3", "credentials": {"k": "v"}}),
+    ("POST", "/projects/models/logs", [{"ts": "t", "msg": "one"}, {"ts": "t", "msg": "two"}]),
+]
+
+
+@pytest.mark.parametrize("method,path,doc", STRUCTURED)
+def test_quiet_walk_equals_full_walk(method: str, path: str, doc: object, unrelated_fps: ClassifyContext) -> None:
+    _same_both_ways(json.dumps(doc).encode(), method, path, unrelated_fps)
+
+
+def test_quiet_walk_trips_the_same_caps(unrelated_fps: ClassifyContext) -> None:
+    doc = {"logs": [{"ts": "t", "msg": "m", "ctx": {"k": [{"x": 1, "y": 2}] * 3, "s": ["a"] * 40}} for _ in range(10)]}
+    for cap in (5, 17, 60, 200, 411):
+        info = _same_both_ways(json.dumps(doc).encode(), "POST", "/projects/models/logs", unrelated_fps, Limits(max_nodes=cap))
+        assert info.inspected is False and (info.not_inspected_reason or "").startswith("node-count")
+    deep: object = "x"
+    for _ in range(12):
+        deep = {"d": [deep]}
+    info = _same_both_ways(json.dumps({"logs": [{"ts": "t", "msg": "m", "ctx": deep}]}).encode(), "POST", "/projects/models/logs", unrelated_fps, Limits(max_structure_depth=8))
+    assert (info.not_inspected_reason or "").startswith("structure-depth")
+
+
+_scalar = st.one_of(st.none(), st.booleans(), st.integers(-5, 5), st.sampled_from(["a", "hybrid", "cloud", "s3://b/k", "x y", "runner_mode"]))
+_json = st.recursive(_scalar, lambda inner: st.one_of(st.lists(inner, max_size=4), st.dictionaries(st.sampled_from(["a", "b", "runner_mode", "data_source", "msg", "ctx", "steps"]), inner, max_size=4)), max_leaves=20)
+_line = st.fixed_dictionaries({"ts": st.just("2024-02-01T10:00:00Z"), "msg": st.sampled_from(["ok", "done"])}, optional={"ctx": _json, "seq": st.integers(0, 9), "stage": st.sampled_from(["pre", "train", "bogus"]), "extra": _json})
+
+
+@FUZZ
+@given(lines=st.lists(_line, max_size=5), top=st.dictionaries(st.sampled_from(["uid", "runner_mode", "other"]), _json, max_size=2))
+def test_quiet_walk_equals_full_walk_fuzzed(lines: list[dict[str, object]], top: dict[str, object], unrelated_fps: ClassifyContext) -> None:
+    _same_both_ways(json.dumps({**top, "logs": lines}).encode(), "POST", "/projects/models/logs?uid=x", unrelated_fps)
+
+
+@FUZZ
+@given(cfg=_json)
+def test_quiet_walk_equals_full_walk_in_configs(cfg: object, unrelated_fps: ClassifyContext) -> None:
+    _same_both_ways(json.dumps({"name": "w", "config": {"steps": [cfg]}}).encode(), "POST", "/v1/workflows", unrelated_fps)
+
+
+# --- the C-level tokeniser -------------------------------------------------------------------
+
+
+def _regex_candidates(text: str) -> set[str]:
+    """candidates() as it was: the two regexes over the normalised text."""
+    if not text.isascii():
+        text = unicodedata.normalize("NFKC", text)
+    low = text.casefold()
+    if "  " in low:
+        low = re.sub(r" {2,}", " ", low)
+    out = set(map(str.strip, fpm._SEG.split(low), repeat(fpm.STRIP)))
+    if " " in low:
+        words = list(map(str.strip, fpm._WORD.findall(low), repeat(fpm.STRIP)))
+        out.update(words)
+        if len(low) <= fpm._NGRAM_TEXT:
+            out.update(f"{a} {b}" for a, b in zip(words, words[1:]))
+            out.update(f"{a} {b} {c}" for a, b, c in zip(words, words[1:], words[2:]))
+    return out - {""}
+
+
+_TEXT = st.text(alphabet=st.sampled_from(list("aZ9 :,;|\"{}[]<>=&().'!?-@\n\r\t\x0b\x0c\x1c\x1f") + ["é", "\xa0", "\u2028", "\x85", "Ａ"]), max_size=60)
+
+
+@FUZZ
+@given(text=_TEXT)
+def test_tokeniser_equals_the_regexes(text: str) -> None:
+    assert candidates(text) - {""} == _regex_candidates(text)
+
+
+def test_tokeniser_on_log_lines() -> None:
+    text = 'ERROR: row "Alice  Smith"; email=alice@example.com,city:  Springfield\tACC-1234567 [ok] (x)\x1cnext: value\n'
+    assert candidates(text) - {""} == _regex_candidates(text)
+    assert {"alice smith", "alice@example.com", "springfield", "acc-1234567"} <= candidates(text)
+
+
+# --- encoded runs -----------------------------------------------------------------------
+
+
+def _split_maybe_encoded(text: str, min_len: int) -> bool:
+    """maybe_encoded as it was: translate, split, then the same checks per run."""
+    table = bytes(b if b in _B64_BYTES else 0x20 for b in range(256))
+    for r in text.encode("utf-8", "surrogatepass").translate(table).split():
+        if len(r) < min_len:
+            continue
+        if re.search(rb"\d", r) is None and (r.islower() or r.isupper()):
+            continue
+        if len(r) < 128 and not len(r) % 2 and _HEX_CHARS.issuperset(r) and not binascii.unhexlify(r).isascii():
+            continue
+        return True
+    return False
+
+
+@FUZZ
+@given(text=st.text(alphabet=st.sampled_from(list("aB7f+/=_-.: \"\n") + ["é"]), max_size=80), min_len=st.sampled_from([4, 8, 16]))
+def test_long_runs_equal_the_split(text: str, min_len: int) -> None:
+    table = bytes(b if b in _B64_BYTES else 0x20 for b in range(256))
+    assert list(long_runs(text, min_len)) == [r for r in text.encode().translate(table).split() if len(r) >= min_len]
+    assert maybe_encoded(text, min_len) == _split_maybe_encoded(text, min_len)
+
+
+# --- query strings ---------------------------------------------------------------------------
+
+
+@FUZZ
+@given(query=st.text(alphabet=st.sampled_from(list("ab=&;#?%+2F")), max_size=30))
+def test_query_split_equals_parse_qsl(query: str) -> None:
+    expected = parse_qsl(query.split("#", 1)[0], keep_blank_values=True, max_num_fields=1000)
+    assert query_of("/p?" + query) == expected
+
+
+# --- fingerprints: one pass, nothing lost ----------------------------------------------------------
+
+
+ROWS = [
+    ("Alice Smith", "alice.smith@example.com", "123456789", "ACC-00012345", "Springfield"),
+    ("Bob Jones", "bob.jones@example.org", "987654321", "ACC-00067890", "Shelbyville"),
+    ("Carol White", "carol.w@example.net", "555123456", "ACC-00011111", "Ogdenville"),
+]
+
+
+@pytest.fixture(scope="module")
+def row_fps(tmp_path_factory: pytest.TempPathFactory) -> ClassifyContext:
+    tmp = tmp_path_factory.mktemp("rows")
+    (tmp / "d.csv").write_text("name,email,ssn,account,city\n" + "".join(",".join(r) + "\n" for r in ROWS))
+    (tmp / "K").write_bytes(os.urandom(32))
+    build(tmp / "d.csv", tmp / "d.fp", tmp / "K")
+    return load_context(fingerprints=tmp / "d.fp", key_file=tmp / "K")
+
+
+def _status(msg: str) -> bytes:
+    return json.dumps({"uid": "x", "status": "error", "error_msg": msg}).encode()
+
+
+def _fp_rows(info: PayloadInfo) -> int:
+    return next((f.count for f in info.findings if f.label == "fingerprint-match"), 0)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        # the digit-only cell (9 digits: fingerprinted, and kept by the skip rule) and a name
+        _status("lookup failed for 987654321 (bob jones)"),
+        # JSON \u escapes of every character
+        ('{"uid": "x", "status": "error", "error_msg": "' + "".join(f"\\u{ord(c):04x}" for c in "carol white / ogdenville") + '"}').encode(),
+        # URL-encoded inside a string
+        _status(quote("name=Alice Smith&acct=ACC-00012345", safe="")),
+        # base64 of a CSV row
+        _status(base64.b64encode(b"Bob Jones,ACC-00067890\n").decode()),
+        # upper case, full-width and extra whitespace
+        _status("ALICE   SMITH  |  ＳＰＲＩＮＧＦＩＥＬＤ"),
+    ],
+)
+def test_fingerprints_caught_in_escaped_and_encoded_forms(body: bytes, row_fps: ClassifyContext) -> None:
+    info = classify(body, method="PATCH", path="/projects/models", host=HOST, context=row_fps)
+    assert _fp_rows(info) == 1 and "training-data" in info.labels
+
+
+def test_fingerprints_in_a_big_text_body(row_fps: ClassifyContext) -> None:
+    filler = "".join(f"2024-02-01T10:00:{i % 60:02d}Z worker step {i} loss={i / 7:.4f}\n" for i in range(20_000))
+    leak = "\n".join(",".join(r) for r in ROWS) + "\n"
+    body = (filler + leak + filler).encode()
+    info = classify(body, method="PUT", path="/upload", host="storage.example.com", content_type="text/plain", limits=Limits(time_budget_s=60), context=row_fps)
+    assert _fp_rows(info) == 3
+    clean = classify((filler + "Alice Smith alone\n").encode(), method="PUT", path="/upload", host="storage.example.com", content_type="text/plain", limits=Limits(time_budget_s=60), context=row_fps)
+    assert _fp_rows(clean) == 0
+
+
+def test_skip_rules_only_drop_what_was_never_fingerprinted(row_fps: ClassifyContext) -> None:
+    fps = row_fps.fingerprints
+    assert fps is not None
+    tokens = {"12345", "2021", "abc", "x" * (fps.header.max_len + 1), "alice smith", "123456789", "acc-00012345"}
+    found = fpm.hits(fps, tokens)
+    assert sorted(found.values()) == ["123456789", "acc-00012345", "alice smith"]
+    for t in ("12345", "2021", "abc", "x" * (fps.header.max_len + 1)):
+        assert not fpm.informative(t) or len(t) > fps.header.max_len
+
+
+# --- big texts: the gate's keyword sightings stand in for a second pass ------------------------------
+
+
+def test_big_text_credentials_from_the_gate_sightings() -> None:
+    from auditor.classify import detectors as det
+
+    filler = "".join(f"2024-02-01T10:00:{i % 60:02d}Z worker step {i} token bucket refill\n" for i in range(1_000))
+    secret = "AKIA" + "Q7RT2MZK4XWP9LBN"
+    text = filler + f"export AWS_ACCESS_KEY_ID={secret}\npassword = 'Vr8#kq2!Lm9z'\n" + filler
+    assert len(text) > det.WINDOWED
+    sightings: list[det.Sighting] = []
+    hits = det.keyword_hits(text.lower(), sightings)
+    with_sightings = det.credential_findings(text, hits, "body", sightings)
+    second_pass = det.credential_findings(text, hits, "body")
+    assert [(f.detector, f.offset) for f in with_sightings] == [(f.detector, f.offset) for f in second_pass]
+    assert {"credential:aws-access-key", "credential:password-value"} <= {f.detector for f in with_sightings}
+    info = classify(text.encode(), method="PUT", path="/upload", host="storage.example.com", content_type="text/plain")
+    assert "credential" in info.labels and secret not in info.model_dump_json()
+
+
+# --- personal data: upper-case ids tried only where they can start --------------------------------
+
+
+@FUZZ
+@given(text=st.text(alphabet=st.sampled_from(list("AZGBQ0123456789 -.\tab") + ["é"]), max_size=60))
+def test_upper_candidates_equal_finditer(text: str) -> None:
+    from auditor.classify import detectors as det
+
+    shaped = text.encode("utf-8", "surrogatepass").translate(det._SHAPE)
+    expected = [(m.start(), m.end()) for m in det._UPPER_CAND.finditer(text)]
+    assert [(m.start(), m.end()) for m in det._upper_candidates(text, shaped)] == expected
+
+
+def test_ninos_and_ibans_in_a_big_text() -> None:
+    from auditor.classify.detectors import pii_hits
+
+    filler = "".join(f"ACC-{i:08d} AB-12 step {i} ok\n" for i in range(3_000))
+    text = filler + "nino JK 12 34 56 C, iban GB82 WEST 1234 5698 7654 32\n" + filler
+    kinds = sorted(h.kind for h in pii_hits(text))
+    assert kinds == ["iban", "nino"]
+
+
+def test_personal_data_in_a_long_query_value_is_reported() -> None:
+    # the route facts are cached per path; the query is judged per call, its PII included
+    note = quote("contact alice.smith@example.com bob.jones@example.org carol@example.net for the rows please")
+    for _ in range(2):
+        info = classify(b"", method="GET", path="/users/me/invites?note=" + note, host=HOST)
+        assert {"pii", "training-data"} <= set(info.labels)
+        assert {f.field_path for f in info.findings if f.label == "pii"} == {"query.note"}
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["model.tar.gz", "x/MODEL.TAR.GZ", "a/data.gz\n", "report_json.json.gz?sig=1", "Classification_Report_v2.GZ", "up/GRETEL_0123abcd_train.csv", "data.gzip", "model.tar", "plain/path", ""],
+)
+def test_artifact_name_prefilter_drops_no_match(name: str) -> None:
+    from auditor.classify import detectors as det
+
+    bare = name.split("?", 1)[0]
+    expected = next(((label, what) for rx, label, what in det._ARTIFACT_NAMES if rx.search(bare)), None)
+    assert det.artifact_name(name) == (expected if name else None)
