@@ -5,7 +5,7 @@
                     host="api.gretel.cloud", content_type="application/json")
 
 `load_context(fingerprints=..., key_file=..., canaries=...)` adds a site's dataset
-fingerprints and canary tokens. `redact_secrets` is the same redaction the findings use.
+fingerprints and canary tokens. Redaction lives in `auditor.redact`, shared with every sensor and the report.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ from pathlib import Path
 from auditor.classify.canary import CanarySet
 from auditor.classify.canary import load as load_canaries
 from auditor.classify.decode import Limits
-from auditor.classify.detectors import redact_secrets
 from auditor.classify.engine import VIOLATION_LABELS, ClassifyContext, classify
 from auditor.classify.fingerprint import FingerprintSet
 from auditor.classify.fingerprint import load as load_fingerprints
@@ -43,5 +42,4 @@ __all__ = [
     "Limits",
     "classify",
     "load_context",
-    "redact_secrets",
 ]

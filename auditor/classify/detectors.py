@@ -18,51 +18,7 @@ from dataclasses import dataclass
 import ahocorasick
 
 from auditor.model import DetectorFinding
-
-# --- redaction --------------------------------------------------------------------------
-
-
-def mask(value: str, keep: int = 40) -> str:
-    """Shape of a value without the value: letters x, digits 9, punctuation kept."""
-    out = []
-    for ch in value[:keep]:
-        if ch.isalpha():
-            out.append("x")
-        elif ch.isdigit():
-            out.append("9")
-        elif ch.isspace():
-            out.append(" ")
-        else:
-            out.append(ch)
-    return "".join(out) + ("…" if len(value) > keep else "")
-
-
-def secret_excerpt(kind: str, value: str) -> str:
-    """A secret reported by type, length and a 3-character public prefix at most (e.g. `grt`, `AKI`)."""
-    prefix = value[:3] if kind in ("gretel-api-key", "aws-access-key", "github-token", "jwt") else ""
-    return f"[REDACTED {kind}{' ' + prefix + '…' if prefix else ''} len={len(value)}]"
-
-
-_SECRET_RES: list[tuple[str, re.Pattern[str]]] = [
-    ("gretel-api-key", re.compile(r"\bgrt[a-z0-9]{16,}\b", re.I)),
-    ("aws-access-key", re.compile(r"(?<![A-Z0-9])(?:AKIA|ASIA|AGPA|AIDA|AROA|ANPA|AIPA)[A-Z0-9]{16}(?![A-Z0-9])")),
-    ("jwt", re.compile(r"\beyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}")),
-    ("github-token", re.compile(r"\b(?:gh[pousr]_[A-Za-z0-9]{30,}|github_pat_[A-Za-z0-9_]{30,})")),
-    ("slack-token", re.compile(r"\bxox[abposr]-[A-Za-z0-9-]{10,}")),
-    ("private-key", re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY(?: BLOCK)?-----[\s\S]*?(?:-----END [A-Z ]*PRIVATE KEY(?: BLOCK)?-----|$)")),
-    ("azure-account-key", re.compile(r"(?i)(?<=AccountKey=)[A-Za-z0-9+/=]{20,}")),
-    ("url-password", re.compile(r"(?i)(?<=://)[^\s:/@\"']{1,128}:[^\s@/\"']{1,256}(?=@)")),
-]
-
-
-def redact_secrets(text: str) -> str:
-    """Every secret shape in `text` replaced by its redacted form: for queries, paths, excerpts."""
-    for kind, rx in _SECRET_RES:
-        if kind == "gretel-api-key" and "grt" not in text.lower():
-            continue
-        text = rx.sub(lambda m, k=kind: secret_excerpt(k, m.group(0)), text)
-    return text
-
+from auditor.redact import SECRET_PATTERNS, secret_excerpt
 
 # --- statistics ---------------------------------------------------------------------------
 
@@ -362,7 +318,7 @@ def credential_findings(text: str, hits: dict[str, set[str]], path: str, sightin
             )
         )
 
-    for kind, rx in _SECRET_RES:
+    for kind, rx in SECRET_PATTERNS:
         if kind not in hits:
             continue
         for m in _finditer(rx, text, kind, spans):

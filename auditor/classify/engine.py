@@ -45,6 +45,7 @@ from auditor.classify.decode import (
 from auditor.classify.fingerprint import FingerprintSet, candidates
 from auditor.classify.fingerprint import match as fp_match
 from auditor.model import DetectorFinding, PayloadInfo
+from auditor.redact import mask, redact_text
 
 VIOLATION_LABELS = frozenset(
     {
@@ -101,9 +102,9 @@ class _Run:
     def add(self, f: DetectorFinding) -> None:
         # a key, a file name or a path segment can itself be a secret
         if f.field_path:
-            f.field_path = det.redact_secrets(f.field_path)
+            f.field_path = redact_text(f.field_path)
         if f.excerpt and not f.excerpt.startswith("[REDACTED"):
-            f.excerpt = det.redact_secrets(f.excerpt)
+            f.excerpt = redact_text(f.excerpt)
         for old in self.findings:
             if old.detector == f.detector and old.field_path == f.field_path and old.label == f.label:
                 old.count += f.count
@@ -241,7 +242,7 @@ class _Run:
             if errors:
                 self.schema_ok = False
                 for e in errors:
-                    self.finding("schema", "extra-field", path, f"does not fit the route schema: {det.redact_secrets(e)}", "LIKELY")
+                    self.finding("schema", "extra-field", path, f"does not fit the route schema: {redact_text(e)}", "LIKELY")
         quiet = raw_json and self._quiet(raw, gate)
         self.quiet = quiet
         try:
@@ -421,13 +422,13 @@ class _Run:
         if key == "credentials" and model is rt.Connection:
             self.finding("schema", "plaintext-credentials", path, "connection credentials sent in the clear (only encrypted_credentials is allowed)")
             return
-        self.finding("schema", "extra-field", path, f"field {det.redact_secrets(key)!r} is not part of the route schema", "LIKELY")
+        self.finding("schema", "extra-field", path, f"field {redact_text(key)!r} is not part of the route schema", "LIKELY")
 
     def runner_mode(self, value: Any, path: str) -> None:
         values = value if isinstance(value, list) else str(value).split(",") if value is not None else []
         for v in values:
             if str(v).strip().lower() != "hybrid":
-                self.finding("schema", "runner-mode", path, f"runner_mode {det.mask(str(v), 16) if len(str(v)) > 16 else str(v)!r}, not 'hybrid'")
+                self.finding("schema", "runner-mode", path, f"runner_mode {mask(str(v), 16) if len(str(v)) > 16 else str(v)!r}, not 'hybrid'")
                 return
 
     def data_source(self, value: Any, path: str) -> None:
@@ -544,7 +545,7 @@ class _Run:
             path, first = hits[0]
             strong = kind in ("card", "ssn", "iban", "nino")
             like = "LIKELY" if table or strong else "POSSIBLE"
-            self.finding(f"pii:{kind}", "pii", path, f"{len(hits)} {kind} value(s), e.g. {det.mask(first.value, 24)}", like, first.offset, len(hits))
+            self.finding(f"pii:{kind}", "pii", path, f"{len(hits)} {kind} value(s), e.g. {mask(first.value, 24)}", like, first.offset, len(hits))
         if table:
             path, first = self.pii[0]
             self.finding("pii:count", "training-data", path, f"{total} personal-data values: a table, not an error message", "LIKELY", first.offset, total)
@@ -618,7 +619,7 @@ def _path_checks(run: _Run, method: str | None, path: str | None, route: rt.Rout
             run.finding("route", "forbidden-route", None, f"{route.name}: the Cloud upload path, forbidden in hybrid mode")
     elif gretel and method:
         bare = (path or "/").split("?", 1)[0]
-        run.finding("route", "unrecognised-route", None, f"{method.upper()} {det.redact_secrets(bare)} is not a known Gretel API route", "LIKELY")
+        run.finding("route", "unrecognised-route", None, f"{method.upper()} {redact_text(bare)} is not a known Gretel API route", "LIKELY")
     if path is None:
         return
     bare = path.split("?", 1)[0]
@@ -703,7 +704,7 @@ def classify(
     except (RecursionError, MemoryError) as exc:
         _uninspectable(run, info, f"structure-depth: {type(exc).__name__}")
     except Exception as exc:  # a sensor must never crash on a body: record what broke instead
-        _uninspectable(run, info, f"classifier-error: {type(exc).__name__}: {det.redact_secrets(str(exc))[:200]}")
+        _uninspectable(run, info, f"classifier-error: {type(exc).__name__}: {redact_text(str(exc))[:200]}")
     info.findings = run.findings
     labels = {f.label for f in run.findings}
     if not info.inspected:
