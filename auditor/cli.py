@@ -471,6 +471,7 @@ def proxy(
     connect_to: Annotated[Optional[list[str]], typer.Option("--connect-to", help="HOST:PORT:ADDR:PORT, curl's semantics; repeatable.")] = None,
     passthrough: Annotated[Optional[list[str]], typer.Option("--passthrough", help="Host (SNI) whose TLS is not opened; repeatable.")] = None,
     inspect_cap: Annotated[int, typer.Option("--inspect-cap", help="Bodies up to this many bytes are classified whole.")] = 1024 * 1024,
+    enforce_cap: Annotated[int, typer.Option("--enforce-cap", help="Enforce mode: request bodies are held and judged whole up to this many bytes; larger ones are refused (413).")] = 32 * 1024 * 1024,
     confdir: ConfdirOpt = Path("~/.auditor/proxy"),
     sensor_id: Annotated[Optional[str], typer.Option("--sensor-id", help="Sensor id (starts with 'proxy').")] = None,
     inventory: Annotated[Optional[Path], typer.Option("--inventory", help="Kubernetes inventory snapshot (auditor k8s snapshot) naming the pods.")] = None,
@@ -491,7 +492,7 @@ def proxy(
         raise AuditorError(f"--mode {mode!r} is not audit or enforce", fix="pass --mode audit or --mode enforce")
     config = ProxyConfig.from_cli(
         listen, store=store, mode=mode, pack=pack, overlays=overlay or [], upstream_ca=upstream_ca,
-        connect_to=connect_to or [], passthrough=passthrough or [], inspect_cap=inspect_cap, confdir=confdir,
+        connect_to=connect_to or [], passthrough=passthrough or [], inspect_cap=inspect_cap, enforce_cap=enforce_cap, confdir=confdir,
         sensor_id=sensor_id, inventory=inventory, kubernetes=kubernetes, fingerprints=fingerprints, key_file=key_file,
         canaries=canaries,
     )

@@ -4,8 +4,9 @@ Loadable by stock mitmproxy (`mitmdump -s auditor/proxy/addon.py --set auditor_s
 and used as is by `auditor proxy`. For every HTTP request, WebSocket message from the
 client, raw TCP tunnel and TLS connection it could not open, it builds one `EgressEvent`,
 asks the policy for a decision and hands the event to a bounded, batched store writer.
-In enforce mode a destination violation is refused before any upstream connection and a
-payload violation is answered 403 without reaching upstream.
+In enforce mode a destination violation is refused before any upstream connection; a
+request body is held whole (up to the enforce cap, see `gate.py`) and judged before a
+byte of it goes upstream: a payload violation is answered 403, a body over the cap 413.
 """
 
 from __future__ import annotations
@@ -32,13 +33,16 @@ from auditor.model import Decision, EgressEvent, FlowInfo, PayloadInfo, Source, 
 from auditor.proxy import checks
 from auditor.proxy.routing import ConnectTo, Tunnel
 from auditor.proxy.bodies import (
+    DEFAULT_ENFORCE_CAP,
     DEFAULT_INSPECT_CAP,
     BodyContext,
     CountedBody,
     StreamedBody,
     decoded_size,
+    inspect_held,
     inspect_whole,
 )
+from auditor.proxy.gate import GATED, Gate, gate_layers
 from auditor.proxy.events import destination_of, http_info, source_of, upstream_of, when
 from auditor.store.writer import BatchWriter
 
@@ -51,6 +55,7 @@ except importlib.metadata.PackageNotFoundError:  # running from a checkout that 
 
 MODES = ("audit", "enforce")
 BLOCK_STATUS = 403
+OVER_CAP_STATUS = 413
 
 
 class AuditorAddon:
@@ -63,6 +68,8 @@ class AuditorAddon:
         self.nodelay = True
         self.learn_passthrough = True
         self.cap = DEFAULT_INSPECT_CAP
+        self.enforce_cap = DEFAULT_ENFORCE_CAP
+        self.gate = Gate(lambda: self.mode == "enforce", lambda: self.enforce_cap, self._refuse_over_cap)
         self.limits = Limits()
         self.connect_to: list[ConnectTo] = []
         self.passthrough: set[str] = set()
@@ -91,6 +98,7 @@ class AuditorAddon:
         loader.add_option("auditor_overlay", Sequence[str], [], "Site overlay files.")
         loader.add_option("auditor_sensor_id", str, f"proxy-{socket.gethostname()}", "Sensor id; must start with 'proxy'.")
         loader.add_option("auditor_inspect_cap", int, DEFAULT_INSPECT_CAP, "Bodies up to this many bytes are classified whole; larger ones are streamed and scanned.")
+        loader.add_option("auditor_enforce_cap", int, DEFAULT_ENFORCE_CAP, "Enforce mode: request bodies are held whole up to this many bytes and judged before any byte goes upstream; a larger body is refused (413), unread.")
         loader.add_option("auditor_connect_to", Sequence[str], [], "HOST:PORT:ADDR:PORT: connect elsewhere, keeping SNI and Host (curl's --connect-to).")
         loader.add_option("auditor_passthrough", Sequence[str], [], "Hosts (SNI) whose TLS is not opened: recorded as unverified.")
         loader.add_option("auditor_learn_passthrough", bool, True, "Audit mode: pass through hosts whose client rejected our CA, so pinned clients keep working.")
@@ -113,10 +121,13 @@ class AuditorAddon:
             raise exceptions.OptionsError(f"auditor_sensor_id {opts.auditor_sensor_id!r} must start with 'proxy'")
         if opts.auditor_inspect_cap < 1:
             raise exceptions.OptionsError("auditor_inspect_cap must be at least 1 byte")
+        if opts.auditor_enforce_cap < 1:
+            raise exceptions.OptionsError("auditor_enforce_cap must be at least 1 byte")
         self.mode = opts.auditor_mode
         self.nodelay = opts.auditor_nodelay
         self.learn_passthrough = opts.auditor_learn_passthrough
         self.cap = opts.auditor_inspect_cap
+        self.enforce_cap = opts.auditor_enforce_cap
         self.limits = Limits(max_decoded_bytes=max(Limits().max_decoded_bytes, self.cap))
         self.connect_to = [ConnectTo.parse(s) for s in opts.auditor_connect_to]
         self.passthrough = {h.lower().rstrip(".") for h in opts.auditor_passthrough}
@@ -143,6 +154,7 @@ class AuditorAddon:
             "mode": self.mode,
             "pack": getattr(self.pack, "digest", None),
             "inspect_cap": self.cap,
+            "enforce_cap": self.enforce_cap,
             "fingerprints": opts.auditor_fingerprints or None,
             "canaries": opts.auditor_canaries or None,
             "connect_to": list(opts.auditor_connect_to),
@@ -293,7 +305,16 @@ class AuditorAddon:
         return cached[1]
 
     def next_layer(self, nextlayer: layer.NextLayer) -> None:
-        """Passthrough: TLS to configured (or learned) hosts is relayed as counted raw TCP."""
+        """Passthrough for TLS to configured (or learned) hosts; every HTTP layer gets the enforce gate."""
+        if nextlayer.layer is None and ctx.master is not None:
+            builtin = ctx.master.addons.get("nextlayer")  # under `mitmdump -s` scripts are asked first
+            if builtin is not None:
+                builtin.next_layer(nextlayer)
+        self._passthrough(nextlayer)
+        gate_layers(nextlayer.layer, self.gate)
+
+    def _passthrough(self, nextlayer: layer.NextLayer) -> None:
+        """TLS to configured (or learned) hosts is relayed as counted raw TCP."""
         if not isinstance(nextlayer.layer, ServerTLSLayer):
             return
         if not (self.passthrough or self.learned_passthrough):
@@ -367,39 +388,63 @@ class AuditorAddon:
         req = flow.request
         if self.nodelay and req.http_version != "HTTP/2.0" and (req.headers.get("content-length", "0") != "0" or "transfer-encoding" in req.headers):
             _quickack(flow.client_conn)
-        if self.mode == "enforce":
-            event = self._base_event(flow)
-            decision = self._judge(event)
-            if decision is not None and decision.action == "violation":
-                event.decision = self._refused(decision)
-                flow.metadata["auditor_refused"] = event
-                length = _body_length(req)
-                if length is not None and length <= self.cap:
-                    flow.response = self._block_response(decision, event.id)
-                else:  # refusing with a body we would have to hold: cut it off instead
-                    flow.kill()
-                return
         length = _content_length(req)
+        if self.mode == "enforce":
+            self._enforce_headers(flow)
+            return
         body_expected = length is None and (req.headers.get("transfer-encoding") or req.http_version == "HTTP/2.0") and req.method not in ("GET", "HEAD")
         if (length is not None and length > self.cap) or body_expected or req.stream:
-            streamer = StreamedBody(self._body_ctx(flow), self.cap, self.limits, hold_last=self.mode == "enforce")
-            if self.mode == "enforce":
-                streamer.verdict = lambda info, f=flow: self._streamed_verdict(f, info)
+            streamer = StreamedBody(self._body_ctx(flow), self.cap, self.limits)
             if req.stream is True:
                 flow.metadata["auditor_note"] = "stream_large_bodies is set: body streamed through the auditor's scanner, not unseen"
             req.stream = streamer
             flow.metadata["auditor_stream"] = streamer
 
+    def _enforce_headers(self, flow: http.HTTPFlow) -> None:
+        """Enforce: refuse a destination violation now; otherwise the body is held whole and judged in `request`."""
+        req = flow.request
+        gated = GATED in flow.metadata  # the gate saw a body coming and bounds what is held
+        length = _body_length(req)
+        event = self._base_event(flow)
+        decision = self._judge(event)
+        if decision is not None and decision.action == "violation":
+            event.decision = self._refused(decision)
+            flow.metadata["auditor_refused"] = event
+            if gated or (length is not None and length <= self.enforce_cap):
+                flow.response = self._block_response(decision, event.id)
+            else:  # no gate to bound what we would have to hold: cut it off instead
+                flow.kill()
+            return
+        req.stream = False  # never streamed in enforce mode, whoever asked
+        if not gated and (length is None or length > self.enforce_cap):
+            # Fail closed: nothing bounds this body here, so it is neither held nor forwarded.
+            event.payload = PayloadInfo(size=length or 0, inspected=False, not_inspected_reason="enforce gate missing on this connection: refused unread")
+            fallback = Decision(action="unverified", rule_id="payload.not-inspected", severity="medium", reasons=[event.payload.not_inspected_reason or ""])
+            event.decision = self._refused(decision if decision is not None and decision.action != "allowed" else fallback)
+            flow.metadata["auditor_refused"] = event
+            self.counts["not_inspected"] += 1
+            log.error("auditor: enforce gate missing for %s; request cut", req.pretty_url)
+            flow.kill()
+
+    def _refuse_over_cap(self, flow: http.HTTPFlow, size: int, declared: bool) -> http.Response:
+        """The gate's answer to a body over the enforce cap: recorded as not inspected, refused 413, never allowed."""
+        reason = f"body over the enforce cap ({self.enforce_cap} bytes): refused unread, nothing sent upstream"
+        event = self._base_event(flow)
+        event.payload = PayloadInfo(size=size, inspected=False, not_inspected_reason=reason)
+        event.notes.append(f"Content-Length {size} is over the enforce cap" if declared else f"body of unknown length crossed the enforce cap at {size} bytes")
+        decision = self._judge(event)
+        if decision is None or decision.action == "allowed":
+            decision = Decision(action="unverified", rule_id="payload.not-inspected", severity="medium", reasons=[f"body of {size} bytes not inspected: {reason}"])
+        event.decision = self._refused(decision)
+        flow.metadata["auditor_refused"] = event
+        self.counts["not_inspected"] += 1
+        return self._block_response(event.decision, event.id, OVER_CAP_STATUS)
+
     def request(self, flow: http.HTTPFlow) -> None:
         """Body complete (or streamed): classify and, in enforce mode, refuse a payload violation."""
         if flow.metadata.get("auditor_refused") or flow.response is not None:
             return
-        streamer: StreamedBody | None = flow.metadata.get("auditor_stream")
-        if streamer is not None:
-            if streamer.withheld:
-                # The upstream has the headers and part of the body, never the end: cut it
-                # off so it sees an aborted request (and the client a 502), not a complete one.
-                _abort(flow.client_conn, flow.server_conn)
+        if flow.metadata.get("auditor_stream") is not None:
             return
         event = self._http_event(flow)
         flow.metadata["auditor_event"] = event
@@ -494,13 +539,9 @@ class AuditorAddon:
             else:  # the body never ended: the client hung up or the proxy cut it
                 event.payload = PayloadInfo(sha256=streamer.sha.hexdigest(), size=streamer.size, inspected=False, not_inspected_reason="body-truncated")
                 _add(event.observations, "body-truncated")
-            if streamer.withheld:
-                event.notes.append("enforce: payload violation found while streaming; the end of the body was withheld and the flow cut")
             if flow.metadata.get("auditor_note"):
                 event.notes.append(flow.metadata["auditor_note"])
             event.decision = self._judge(event)
-            if streamer.withheld and event.decision is not None:
-                event.decision = self._refused(event.decision)
         if event.payload is not None and not event.payload.inspected:
             self.counts["not_inspected"] += 1
 
@@ -525,7 +566,7 @@ class AuditorAddon:
                 event.notes.append(f"Content-Length says {declared} bytes, body has {len(body)}")
                 _add(event.observations, "malformed")
             try:
-                event.payload = inspect_whole(body, self._body_ctx(flow), self.limits)
+                event.payload = inspect_held(body, self._body_ctx(flow), self.cap, self.limits)
             except Exception as exc:  # a classifier bug is recorded, never fatal to the proxy
                 event.payload = PayloadInfo(size=len(body), inspected=False, not_inspected_reason=f"classifier failed: {type(exc).__name__}: {exc}")
         else:
@@ -569,12 +610,6 @@ class AuditorAddon:
             content_encoding=req.headers.get("content-encoding"),
             context=self.classify_context,
         )
-
-    def _streamed_verdict(self, flow: http.HTTPFlow, info: PayloadInfo) -> bool:
-        event = self._base_event(flow)
-        event.payload = info
-        decision = self._judge(event)
-        return decision is not None and decision.action == "violation"
 
     # --- WebSocket -----------------------------------------------------------------
 
@@ -749,7 +784,7 @@ class AuditorAddon:
     def _refused(self, decision: Decision) -> Decision:
         return decision.model_copy(update={"reasons": [*decision.reasons, "refused by the proxy (enforce mode)"]})
 
-    def _block_response(self, decision: Decision, event_id: str) -> http.Response:
+    def _block_response(self, decision: Decision, event_id: str, status: int = BLOCK_STATUS) -> http.Response:
         self.counts["blocked"] += 1
         message = decision.reasons[0] if decision.reasons else ""
         rule = getattr(self.pack, "rule", None)
@@ -766,7 +801,7 @@ class AuditorAddon:
             "reasons": decision.reasons,
             "event": event_id,
         }
-        return http.Response.make(BLOCK_STATUS, json.dumps(body).encode(), {"content-type": "application/json", "x-boundary-auditor": decision.rule_id})
+        return http.Response.make(status, json.dumps(body).encode(), {"content-type": "application/json", "x-boundary-auditor": decision.rule_id})
 
     def _failure_event(self, flow: http.HTTPFlow, exc: BaseException) -> EgressEvent:
         event = EgressEvent(sensor_id=self._sid(), kind="http", source=source_of(flow.client_conn))
@@ -804,15 +839,6 @@ def _quickack(client: connection.Client) -> None:
     if sock is not None:
         try:
             sock.setsockopt(socket.IPPROTO_TCP, quickack, 1)
-        except OSError:
-            pass
-
-
-def _abort(client: connection.Client, conn: connection.Connection) -> None:
-    sock = _socket_of(client, conn)
-    if sock is not None:
-        try:
-            sock.shutdown(socket.SHUT_RDWR)
         except OSError:
             pass
 

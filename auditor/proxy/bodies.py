@@ -8,7 +8,6 @@ Anything not fully inspected says so, with the reason, so coverage can count it.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from auditor.classify import ClassifyContext, IncrementalScanner, classify
@@ -16,6 +15,8 @@ from auditor.classify.decode import Budget, LimitExceeded, Limits, Undecodable, 
 from auditor.model import PayloadInfo
 
 DEFAULT_INSPECT_CAP = 1024 * 1024
+DEFAULT_ENFORCE_CAP = 32 * 1024 * 1024  # enforce mode holds a request body whole up to this, then refuses it
+_SCAN_SLICE = 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -72,21 +73,32 @@ def inspect_whole(body: bytes, ctx: BodyContext, limits: Limits) -> PayloadInfo:
     return info
 
 
+def inspect_held(body: bytes, ctx: BodyContext, cap: int, limits: Limits) -> PayloadInfo:
+    """Classify a body enforce mode held whole: past the inspect cap it is scanned as audit mode streams it."""
+    if len(body) <= cap:
+        return inspect_whole(body, ctx, limits)
+    scan = StreamedBody(ctx, cap, limits)
+    view = memoryview(body)
+    for start in range(0, len(body), _SCAN_SLICE):
+        scan(bytes(view[start : start + _SCAN_SLICE]))
+    scan(b"")
+    assert scan.info is not None
+    if not scan.info.inspected and not scan.info.not_inspected_reason:
+        scan.info.not_inspected_reason = "scanned past the inspect cap"
+    return scan.info
+
+
 class StreamedBody:
-    """The `flow.request.stream` callable for bodies past the cap or of unknown length.
+    """The `flow.request.stream` callable (audit mode) for bodies past the cap or of unknown length.
 
     Holds bytes back until the cap is crossed (so a body that ends under the cap is
-    classified whole, and in enforce mode a violation never reaches upstream complete),
-    then forwards all but the newest chunk while hashing and scanning incrementally.
-    The newest chunk is held until the end, so a verdict taken at the end can still
-    withhold it: upstream then never receives the whole request.
+    classified whole), then forwards each chunk while hashing and scanning incrementally.
     """
 
-    def __init__(self, ctx: BodyContext, cap: int, limits: Limits, *, hold_last: bool) -> None:
+    def __init__(self, ctx: BodyContext, cap: int, limits: Limits) -> None:
         self.ctx = ctx
         self.cap = cap
         self.limits = limits
-        self.hold_last = hold_last
         self.sha = hashlib.sha256()
         self.size = 0
         self._held: list[bytes] = []
@@ -95,8 +107,6 @@ class StreamedBody:
         self._scan_error: str | None = None
         self.streamed = False
         self.info: PayloadInfo | None = None
-        self.verdict: Callable[[PayloadInfo], bool] | None = None  # True: withhold the rest
-        self.withheld = False
 
     def _start_scanner(self) -> None:
         self._scanner = IncrementalScanner(
@@ -131,22 +141,11 @@ class StreamedBody:
                 self._start_scanner()
                 for part in self._held:
                     self._feed(part)
-                out = self._held[:-1] if self.hold_last else self._held
-                self._held = self._held[-1:] if self.hold_last else []
+                out, self._held = self._held, []
                 return out
             self._feed(chunk)
-            if not self.hold_last:
-                return [chunk]
-            out, self._held = self._held, [chunk]
-            return out
-        return self._finish()
-
-    def _finish(self) -> list[bytes]:
+            return [chunk]
         self.info = self._result()
-        if self.verdict is not None and self.verdict(self.info):
-            self.withheld = True
-            self._held = []
-            return []
         out, self._held = self._held, []
         return out
 

@@ -20,7 +20,7 @@ from pydantic import BaseModel, Field, ValidationError, field_validator
 from auditor.errors import AuditorError
 from auditor.proxy.addon import AuditorAddon
 from auditor.proxy.routing import ConnectTo
-from auditor.proxy.bodies import DEFAULT_INSPECT_CAP
+from auditor.proxy.bodies import DEFAULT_ENFORCE_CAP, DEFAULT_INSPECT_CAP
 from auditor.proxy.ca import DEFAULT_CONFDIR, ensure_ca
 from auditor.rules.hosts import split_host_port
 
@@ -40,6 +40,7 @@ class ProxyConfig(BaseModel):
     confdir: Path = DEFAULT_CONFDIR
     sensor_id: str | None = None
     inspect_cap: int = Field(default=DEFAULT_INSPECT_CAP, ge=1)
+    enforce_cap: int = Field(default=DEFAULT_ENFORCE_CAP, ge=1)
     nodelay: bool = True
     inventory: Path | None = None
     kubernetes: bool = False
@@ -86,6 +87,7 @@ def mitm_options(config: ProxyConfig) -> dict[str, object]:
         "auditor_connect_to": list(config.connect_to),
         "auditor_passthrough": list(config.passthrough),
         "auditor_inspect_cap": config.inspect_cap,
+        "auditor_enforce_cap": config.enforce_cap,
         "auditor_nodelay": config.nodelay,
         "auditor_inventory": str(config.inventory) if config.inventory else "",
         "auditor_kubernetes": config.kubernetes,

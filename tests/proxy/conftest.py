@@ -40,6 +40,7 @@ class Upstream:
     ip: str
     port: int
     seen: list[Seen] = field(default_factory=list)
+    started: list[str] = field(default_factory=list)  # request targets, recorded when the head arrives
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def paths(self) -> list[str]:
@@ -55,6 +56,8 @@ def _handler(upstream: Upstream) -> type[BaseHTTPRequestHandler]:
             pass
 
         def _serve(self) -> None:
+            with upstream.lock:
+                upstream.started.append(self.path)
             length = int(self.headers.get("content-length") or 0)
             body = self.rfile.read(length) if length else b""
             if self.headers.get("transfer-encoding", "").lower() == "chunked":

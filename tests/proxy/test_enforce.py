@@ -1,5 +1,6 @@
 """Enforce mode: a refused request never reaches the upstream server, and the store
-says why, with the same decision the client's 403 names."""
+says why, with the same decision the client's 403 names. Bodies are held whole up to
+the enforce cap and judged before a byte goes upstream; past the cap they are refused (413)."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from auditor.sim.ca import ThrowawayCA
 from .conftest import API, FOREIGN, RunningProxy, Upstream, events_of, proxy_config, running_proxy
 
 CAP = 64 * 1024
+ENFORCE_CAP = 256 * 1024
 LEAK_LOG = {
     "ts": "2025-02-11T10:00:00Z",
     "msg": "Training failed on rows: name,email,ssn\nalice,alice@example.com,123-45-6789\nbob,bob@example.com,987-65-4321\ncarol,carol@example.com,555-12-3456",
@@ -29,7 +31,7 @@ LEAK_LOG = {
 
 @pytest.fixture(scope="module")
 def proxy(tmp_path_factory: pytest.TempPathFactory, test_ca: ThrowawayCA, proxy_confdir: Path, overlay_file: Path, upstream: Upstream) -> Iterator[RunningProxy]:
-    config = proxy_config(tmp_path_factory.mktemp("enforce"), proxy_confdir, test_ca, overlays=[overlay_file], mode="enforce", inspect_cap=CAP)
+    config = proxy_config(tmp_path_factory.mktemp("enforce"), proxy_confdir, test_ca, overlays=[overlay_file], mode="enforce", inspect_cap=CAP, enforce_cap=ENFORCE_CAP)
     with running_proxy(config) as p:
         yield p
 
@@ -104,15 +106,74 @@ def test_http2_client(proxy: RunningProxy) -> None:
     assert event.destination.http_host == API
 
 
-def test_streamed_violation_is_withheld_from_upstream(proxy: RunningProxy, upstream: Upstream) -> None:
-    rows = "".join(f"user{i},user{i}@example.com,{i:03d}-45-{i:04d}\n" for i in range(4000))
-    body = ("name,email,ssn\n" + rows).encode()
-    assert len(body) > CAP
+def _csv_leak(rows: int) -> bytes:
+    return ("name,email,ssn\n" + "".join(f"user{i},user{i}@example.com,{i % 900 + 100:03d}-45-{i:04d}\n" for i in range(rows))).encode()
+
+
+def test_violation_past_the_inspect_cap_is_held_and_never_reaches_upstream(proxy: RunningProxy, upstream: Upstream) -> None:
+    body = _csv_leak(4000)
+    assert CAP < len(body) <= ENFORCE_CAP
     with _client(proxy) as c:
-        r = c.post(f"https://{API}/v1/logs/stream-leak-marker", content=body, headers={"content-type": "text/csv"})
-    assert r.status_code == 502  # the proxy cut the upstream request short
-    seen = [s for s in upstream.seen if "stream-leak-marker" in s.path]
-    assert all(len(s.body) < len(body) for s in seen)  # never the whole request
-    [event] = _events(proxy.store, lambda e: e.http is not None and e.http.path == "/v1/logs/stream-leak-marker")
-    assert event.decision is not None and event.decision.action == "violation"
+        r = c.post(f"https://{API}/v1/logs/held-leak-marker", content=body, headers={"content-type": "text/csv"})
+    assert r.status_code == 403 and r.json()["error"] == "blocked by Boundary Auditor"
+    assert not any("held-leak-marker" in p for p in upstream.started)  # not even the request line went upstream
+    [event] = _events(proxy.store, lambda e: e.http is not None and e.http.path == "/v1/logs/held-leak-marker")
+    assert event.decision is not None and event.decision.action == "violation" and event.decision.rule_id == r.json()["rule"]
     assert event.payload is not None and event.payload.size == len(body)
+
+
+def test_clean_body_past_the_inspect_cap_is_forwarded_whole(proxy: RunningProxy, upstream: Upstream) -> None:
+    body = json.dumps({"uid": "held-ok", "status": "pending", "config": {"params": ["x" * 64] * 2000}}).encode()
+    assert CAP < len(body) <= ENFORCE_CAP
+    with _client(proxy) as c:
+        r = c.patch(f"https://{API}/projects/models?uid=held-ok-marker", content=body, headers={"content-type": "application/json"})
+    [event] = _events(proxy.store, lambda e: e.http is not None and e.http.query is not None and "held-ok-marker" in e.http.query)
+    assert event.decision is not None and event.decision.action != "violation", event.decision
+    assert r.status_code == 200 and r.json()["received"] == len(body)
+    [seen] = [s for s in upstream.seen if "held-ok-marker" in s.path]
+    assert seen.body == body
+
+
+def _refused_over_cap(r: httpx.Response, upstream: Upstream, marker: str) -> dict[str, object]:
+    assert r.status_code == 413
+    body = r.json()
+    assert body["error"] == "blocked by Boundary Auditor" and body["rule"] == "payload.not-inspected"
+    assert any("enforce cap" in reason for reason in body["reasons"])
+    assert not any(marker in p for p in upstream.started)  # not a byte: not even the request line
+    assert not any(marker in s.path for s in upstream.seen)
+    return body
+
+
+def test_body_over_the_enforce_cap_is_refused_before_connecting(proxy: RunningProxy, upstream: Upstream) -> None:
+    body = b'{"uid": "big", "pad": "' + b"a" * ENFORCE_CAP + b'"}'
+    with _client(proxy) as c:
+        r = c.post(f"https://{API}/projects/models?uid=over-cap-marker", content=body, headers={"content-type": "application/json"})
+    answer = _refused_over_cap(r, upstream, "over-cap-marker")
+    [event] = _events(proxy.store, lambda e: e.http is not None and e.http.query is not None and "over-cap-marker" in e.http.query)
+    assert event.id == answer["event"] and event.http is not None and event.http.status == 413
+    assert event.destination.ip is None  # no upstream connection was made for it
+    assert event.payload is not None and not event.payload.inspected and event.payload.size == len(body)
+    assert event.payload.not_inspected_reason and "enforce cap" in event.payload.not_inspected_reason
+    assert event.decision is not None and event.decision.action != "allowed" and event.decision.rule_id == "payload.not-inspected"
+    assert any("refused by the proxy" in reason for reason in event.decision.reasons)
+
+
+def test_chunked_body_crossing_the_enforce_cap_is_refused_unsent(proxy: RunningProxy, upstream: Upstream) -> None:
+    sent: list[int] = []
+
+    def chunks() -> Iterator[bytes]:
+        for _ in range(2 * ENFORCE_CAP // 16384 + 1):
+            sent.append(16384)
+            yield b"b" * 16384
+
+    with _client(proxy) as c:
+        r = c.post(f"https://{API}/projects/models?uid=chunked-cap-marker", content=chunks(), headers={"content-type": "application/octet-stream"})
+    _refused_over_cap(r, upstream, "chunked-cap-marker")
+    assert sum(sent) > ENFORCE_CAP
+    [event] = _events(proxy.store, lambda e: e.http is not None and e.http.query is not None and "chunked-cap-marker" in e.http.query)
+    assert event.payload is not None and not event.payload.inspected and ENFORCE_CAP < event.payload.size <= sum(sent)
+    assert event.destination.ip is None
+    assert event.decision is not None and event.decision.action != "allowed"
+    # the connection was refused cleanly: the proxy still serves the next request
+    with _client(proxy) as c:
+        assert c.get(f"https://{API}/users/me/billing?after=chunked-cap").status_code == 200
