@@ -222,14 +222,20 @@ class AuditorAddon:
             if snapshot:
                 self.inventory = Inventory.from_snapshot(load_snapshot(Path(snapshot)))
             elif live:
+                import os
+
                 from auditor.k8s.cluster import api_client
-                from auditor.k8s.inventory import InventoryWatcher
+                from auditor.k8s.inventory import InventoryWatcher, config_from_env
 
                 site = getattr(self.pack, "site", None)
-                config = InventoryConfig(
-                    pod_cidrs=list(getattr(site, "pod_cidrs", [])), service_cidrs=list(getattr(site, "service_cidrs", [])),
-                    node_cidrs=list(getattr(site, "node_cidrs", [])), sensor_id=f"{self._sid()}-k8s",
-                )
+                # the namespaces `auditor k8s manifests` sets in the environment, else Gretel's default;
+                # the proxy serves every node, so no node narrowing here
+                base = config_from_env(dict(os.environ)) or InventoryConfig()
+                config = base.model_copy(update={
+                    "node_name": None,
+                    "pod_cidrs": list(getattr(site, "pod_cidrs", [])), "service_cidrs": list(getattr(site, "service_cidrs", [])),
+                    "node_cidrs": list(getattr(site, "node_cidrs", [])), "sensor_id": f"{self._sid()}-k8s",
+                })
                 self.inventory = Inventory(pod_cidrs=config.pod_cidrs, service_cidrs=config.service_cidrs, node_cidrs=config.node_cidrs)
                 self._watcher = InventoryWatcher(self.inventory, api_client(), config, self.writer)
                 self._watcher.start()
