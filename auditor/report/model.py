@@ -9,9 +9,13 @@ JSON is RFC 8785 and its digest is stable.
 
 from __future__ import annotations
 
+import gc
 import sqlite3
+import subprocess
+import sys
 import uuid
 from array import array
+from bisect import bisect_left, insort
 from collections import Counter, defaultdict, deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -22,13 +26,14 @@ from importlib import metadata
 from typing import Any, Literal
 from urllib.parse import quote
 
+import orjson
 from pydantic import BaseModel, ConfigDict, Field
 
 from auditor.model import SEVERITY_ORDER, EgressEvent, Finding, Likelihood, LikelihoodName, Severity
-from auditor.probe.coverage import ProxyIndex, is_external_flow
+from auditor.probe.coverage import PROXY_PREFIX, ProxyIndex, is_external_flow
 from auditor.redact import redact_query, redact_text
-from auditor.rules import Pack, group_findings, judge
-from auditor.store.base import Store, redact_url
+from auditor.rules import Pack, evaluate, group_findings, judge
+from auditor.store.base import Store, VerifyResult, open_store, redact_url
 from auditor.store.chain import canonical_json
 
 SCHEMA = "https://boundary-auditor.dev/report/v1"
@@ -467,11 +472,15 @@ def destination_name(event: EgressEvent) -> str:
 
 def _who(event: EgressEvent) -> str:
     s = event.source
-    if s.pod:
-        return _clean(f"{s.namespace}/{s.pod}" if s.namespace else s.pod, 200)
-    if s.node:
-        return _clean(f"node/{s.node}", 200)
-    return _clean(s.ip or "(unattributed)", 100)
+    return _who_of(s.namespace, s.pod, s.node, s.ip)
+
+
+def _who_of(namespace: str | None, pod: str | None, node: str | None, ip: str | None) -> str:
+    if pod:
+        return _clean(f"{namespace}/{pod}" if namespace else pod, 200)
+    if node:
+        return _clean(f"node/{node}", 200)
+    return _clean(ip or "(unattributed)", 100)
 
 
 def _location(event: EgressEvent) -> str | None:
@@ -531,12 +540,70 @@ class ReportParams:
     signing_key_id: str | None = None
 
 
-def build_report(store: Store, pack: Pack, params: ReportParams) -> ReportDoc:
-    """Read the window from the store, judge it with `pack`, and say what it shows."""
-    verified = store.verify()
-    endpoint_matchers = [(ep.id, _Matcher(ep.hosts)) for ep in pack.endpoints]
-    forbidden_labels = {fc.id: set(fc.labels) for fc in pack.forbidden_classes}
-    any_forbidden = frozenset(label for labels in forbidden_labels.values() for label in labels)
+PARALLEL_VERIFY_ABOVE = 100_000  # records; below this a second process costs more than it saves
+
+
+_VERIFY_CHILD = (
+    "import sys; from auditor.store.base import open_store; "
+    "store = open_store(sys.stdin.readline().rstrip('\\n'), create=False); "
+    "sys.stdout.write(store.verify().model_dump_json()); store.close()"
+)
+
+
+class _VerifyJob:
+    """`verify` of a large store in a second Python process while this one reads its
+    events: the two reads share nothing, and the machine's second core does the hashing.
+    The URL goes over stdin (it may hold a password); any failure of the child means
+    verifying here instead."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.child = subprocess.Popen(  # noqa: S603 - our own interpreter and code
+            [sys.executable, "-c", _VERIFY_CHILD], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
+        )
+        assert self.child.stdin is not None
+        self.child.stdin.write(store.url.encode() + b"\n")
+        self.child.stdin.close()
+
+    @classmethod
+    def start(cls, store: Store) -> _VerifyJob | None:
+        url = getattr(store, "url", None)
+        if not isinstance(url, str) or not url or "\n" in url or url == ":memory:" or store.count() < PARALLEL_VERIFY_ABOVE:
+            return None
+        try:
+            return cls(store)
+        except OSError:
+            return None
+
+    def result(self) -> VerifyResult:
+        assert self.child.stdout is not None
+        out = self.child.stdout.read()
+        self.child.stdout.close()
+        if self.child.wait() == 0:
+            try:
+                return VerifyResult.model_validate_json(out)
+            except ValueError:
+                pass
+        return self.store.verify()
+
+    def cancel(self) -> None:
+        if self.child.poll() is None:
+            self.child.kill()
+        if self.child.stdout is not None:
+            self.child.stdout.close()
+        self.child.wait()
+
+
+def _reference_pass(
+    store: Store,
+    pack: Pack,
+    params: ReportParams,
+    endpoint_matchers: list[tuple[str, _Matcher]],
+    forbidden_labels: dict[str, set[str]],
+    any_forbidden: frozenset[str],
+) -> tuple[_Acc, str | None]:
+    """Every event validated, judged and observed on its own: the definition the fast
+    pass must agree with, and the pass for stores whose chains do not verify."""
     acc = _Acc(flagged=_FindingGroups(pack))
     read_error: str | None = None
     try:
@@ -545,6 +612,44 @@ def build_report(store: Store, pack: Pack, params: ReportParams) -> ReportDoc:
     except (ValueError, sqlite3.DatabaseError) as exc:  # pydantic's ValidationError is a ValueError
         read_error = f"the store could not be read past event {acc.events}: {_clean(str(exc).splitlines()[0], 200)}"
     _settle(acc, None)
+    return acc, read_error
+
+
+def build_report(store: Store, pack: Pack, params: ReportParams, *, fast: bool = True) -> ReportDoc:
+    """Read the window from the store, judge it with `pack`, and say what it shows.
+    `fast=False` builds it with the reference pass only (the tests compare the two)."""
+    collecting = gc.isenabled()
+    gc.disable()  # a report allocates millions of objects that live until it is built and form no cycles
+    try:
+        return _build_report(store, pack, params, fast=fast)
+    finally:
+        if collecting:
+            gc.enable()
+
+
+def _build_report(store: Store, pack: Pack, params: ReportParams, *, fast: bool) -> ReportDoc:
+    job = _VerifyJob.start(store) if fast else None
+    verified: VerifyResult | None = None if job is not None else store.verify()
+    endpoint_matchers = [(ep.id, _Matcher(ep.hosts)) for ep in pack.endpoints]
+    forbidden_labels = {fc.id: set(fc.labels) for fc in pack.forbidden_classes}
+    any_forbidden = frozenset(label for labels in forbidden_labels.values() for label in labels)
+    acc: _Acc | None = None
+    read_error: str | None = None
+    try:
+        if fast and (verified is None or verified.ok):
+            try:
+                acc = _fast_pass(store, pack, params, endpoint_matchers, forbidden_labels, any_forbidden)
+            except (_Untrusted, sqlite3.DatabaseError):
+                acc = None
+        if job is not None:
+            verified = job.result()
+    except BaseException:
+        if job is not None:
+            job.cancel()
+        raise
+    assert verified is not None
+    if acc is None or not verified.ok:
+        acc, read_error = _reference_pass(store, pack, params, endpoint_matchers, forbidden_labels, any_forbidden)
 
     assert acc.flagged is not None
     findings = acc.flagged.finish()
@@ -630,17 +735,7 @@ def _observe(
     kind = event.kind
     sensor.kinds[kind] += 1
     if kind == "sensor":
-        info = event.sensor
-        if info is not None:
-            if info.lifecycle == "start":
-                sensor.starts += 1
-            elif info.lifecycle == "stop":
-                sensor.stops += 1
-            elif info.lifecycle == "gap":
-                sensor.gaps += 1
-            sensor.dropped += info.dropped
-            if info.config_digest:
-                sensor.config_digests.add(info.config_digest)
+        _lifecycle(sensor, event)
         return
 
     acc.traffic += 1
@@ -648,15 +743,7 @@ def _observe(
     src_key = (src.namespace, src.pod, src.node, src.ip)
     who = acc.who.get(src_key)
     if who is None:
-        who = _who(event)
-        if len(acc.who) < 100_000:
-            acc.who[src_key] = who
-        if src.namespace:
-            acc.namespaces.add(_clean(src.namespace, 100))
-        if src.pod:
-            acc.pods.add(who)
-        if src.node:
-            acc.nodes.add(_clean(src.node, 100))
+        who = _new_source(acc, src_key)
     decision = event.decision
     action = decision.action if decision is not None else "unverified"
     acc.actions[action] += 1
@@ -745,6 +832,35 @@ def _observe(
         _settle(acc, now)
 
 
+def _lifecycle(sensor: _SensorAcc, event: EgressEvent) -> None:
+    info = event.sensor
+    if info is not None:
+        if info.lifecycle == "start":
+            sensor.starts += 1
+        elif info.lifecycle == "stop":
+            sensor.stops += 1
+        elif info.lifecycle == "gap":
+            sensor.gaps += 1
+        sensor.dropped += info.dropped
+        if info.config_digest:
+            sensor.config_digests.add(info.config_digest)
+
+
+def _new_source(acc: _Acc, src_key: tuple[str | None, str | None, str | None, str | None]) -> str:
+    """A source not in the memo: how it is named, and the scope it adds."""
+    namespace, pod, node, ip = src_key
+    who = _who_of(namespace, pod, node, ip)
+    if len(acc.who) < 100_000:
+        acc.who[src_key] = who
+    if namespace:
+        acc.namespaces.add(_clean(namespace, 100))
+    if pod:
+        acc.pods.add(who)
+    if node:
+        acc.nodes.add(_clean(node, 100))
+    return who
+
+
 def _settle(acc: _Acc, now: int | None) -> None:
     """Match pod flows to proxy records once every proxy record that could match has
     been read (events arrive in time order), so only a few seconds of flows are held."""
@@ -767,6 +883,340 @@ def _internal(acc: _Acc, pack: Pack, ip: str | None, host: str) -> bool:
         if len(acc.internal) < 200_000:
             acc.internal[key] = known
     return known
+
+
+# --- the fast pass ---------------------------------------------------------------------------
+#
+# `_observe` on validated models is the reference. The fast pass computes the same
+# accumulators from the store's bytes decoded by orjson, and does the per-event work
+# once per *profile*: events whose facts agree in everything but their id, time,
+# source, byte counts and flow times (in a store of a million events, a few thousand
+# profiles). Each profile is computed from its first event, validated and judged, by the
+# same helpers `_observe` uses. Its bytes are trusted only when `verify` vouches for them:
+# otherwise, or on anything unexpected, the report is built by the reference pass.
+
+
+class _Untrusted(Exception):
+    """Something in the stored bytes only the validating pass may judge."""
+
+
+@dataclass(slots=True)
+class _Profile:
+    """What each event with these facts adds; counts and sums are folded in at the end."""
+
+    action: str
+    code: int
+    bytes_mode: int  # 0: none, 1: flow, 2: http
+    l7: bool
+    body: int  # 0: no body, 1: inspected, 2: skipped
+    skip_reason: str
+    tls_not_opened: bool
+    inbound: bool
+    endpoint: _EndpointAcc | None
+    method: str | None
+    dest: _DestAcc | None
+    kinds: tuple[str, ...]
+    forbidden: tuple[str, ...]
+    proxy_keys: tuple[tuple[bool, tuple[str, int]], ...] | None  # None: not a proxy record
+    pending: bool
+    bypass: bool
+    match_keys: tuple[tuple[bool, tuple[str, int]], ...]
+    unmatched: str
+    n: int = 0
+    up: int = 0
+    down: int = 0
+
+
+def _profile_key(d: dict[str, Any]) -> tuple[Any, ...]:
+    """Every fact the policy or `_observe` reads from an event, except those the fast pass
+    reads per event (id, time, source, byte counts, flow times). The source address is in
+    it where the policy reads it: inbound flows and sources no sensor attributed."""
+    src = d["source"]
+    scope = src["scope"]
+    h = d["http"]
+    f = d["flow"]
+    p = d["payload"]
+    dns = d["dns"]
+    direction = f["direction"] if f is not None else None
+    return (
+        d["sensor_id"], d["kind"], tuple(d["destination"].values()), scope,
+        src["ip"] if direction == "inbound" or (scope != "pod" and scope != "node") else None,
+        None if h is None else (
+            h["method"], h["scheme"], h["path"], h["content_type"], h["content_encoding"], h["alpn"],
+            p is None and bool(h["request_bytes_decoded"] or h["request_bytes_wire"]),
+        ),
+        None if f is None else (direction, f["tcp_state"], f["resolved_name"], tuple(f["cname_chain"]), f["first_seen"] is None),
+        None if dns is None else orjson.dumps(dns),
+        None if p is None else (
+            p["inspected"], p["size"] > 0, bool(p["sha256"]), tuple(p["labels"]), tuple(p["metadata_kinds"]),
+            p["not_inspected_reason"], p["route"], orjson.dumps(p["findings"]) if p["findings"] else b"",
+        ),
+        tuple(d["observations"]), tuple(d["notes"]),
+    )
+
+
+def _proxy_port(event: EgressEvent) -> int:
+    d = event.destination
+    return d.port or (443 if d.tls or (event.http and event.http.scheme == "https") else 80)
+
+
+def _new_profile(
+    acc: _Acc,
+    event: EgressEvent,
+    pack: Pack,
+    endpoint_matchers: list[tuple[str, _Matcher]],
+    forbidden_labels: dict[str, set[str]],
+    any_forbidden: frozenset[str],
+) -> _Profile:
+    """`_observe`'s per-event decisions for the first event of a profile, with the effects
+    only a profile's first event can have (rule ids, routes and field paths: later events
+    of the profile would add the same values)."""
+    decision = event.decision
+    action = decision.action if decision is not None else "unverified"
+    kind = event.kind
+    payload = event.payload
+    body, skip_reason = 0, ""
+    if payload is not None and (payload.size or payload.sha256 or payload.inspected or payload.not_inspected_reason):
+        body = 1 if payload.inspected else 2
+        if not payload.inspected:
+            skip_reason = _clean(payload.not_inspected_reason or "not-inspected", 80)
+    observations = event.observations
+    flow = event.flow
+    dest = event.destination
+    host = (dest.host or dest.sni or dest.http_host or dest.ip or "").lower().rstrip(".")
+    internal = (flow is not None and flow.direction == "internal") or _internal(acc, pack, dest.ip, host)
+    inbound = "inbound" in observations or (flow is not None and flow.direction == "inbound")
+    endpoint: _EndpointAcc | None = None
+    method: str | None = None
+    dest_acc: _DestAcc | None = None
+    if not internal and not inbound and kind != "dns":
+        names = {n.lower().rstrip(".") for n in (dest.host, dest.sni, dest.http_host) if n}
+        endpoint_id = next((eid for eid, matches in endpoint_matchers if any(matches(n) for n in names)), None)
+        if endpoint_id is not None:
+            endpoint = acc.endpoints[endpoint_id]
+            if event.http is not None:
+                method = _clean(event.http.method, 16)
+        dest_acc = acc.destinations[(destination_name(event), dest.port)]
+        if decision is not None and len(dest_acc.rule_ids) < 20:
+            dest_acc.rule_ids.add(decision.rule_id)
+    forbidden: list[str] = []
+    if payload is not None:
+        for kind_id in payload.metadata_kinds:
+            k = acc.kinds[kind_id]
+            if payload.route and len(k.routes) < MAX_SAMPLES:
+                k.routes.add(_clean(payload.route, 120))
+            if len(k.field_paths) < MAX_SAMPLES:
+                for f in payload.findings:
+                    if f.field_path and (f.label in (kind_id, "metadata") or f.detector == kind_id):
+                        k.field_paths.add(_clean(f.field_path, 120))
+        labels = set(payload.labels)
+        labels.update(f.label for f in payload.findings)
+        if not labels.isdisjoint(any_forbidden):
+            forbidden = [class_id for class_id, wanted in forbidden_labels.items() if not labels.isdisjoint(wanted)]
+    proxy_keys: tuple[tuple[bool, tuple[str, int]], ...] | None = None
+    if event.sensor_id.startswith(PROXY_PREFIX):  # ProxyIndex.add's keys
+        port = _proxy_port(event)
+        if dest.ip:
+            proxy_keys = ((True, (dest.ip, port)),)
+        else:
+            proxy_keys = tuple((False, (n.rsplit(":", 1)[0].lower().rstrip("."), port)) for n in {dest.host, dest.sni, dest.http_host} if n)
+    pending = kind == "flow" and event.source.scope != "node" and not internal and is_external_flow(event)
+    match_keys: list[tuple[bool, tuple[str, int]]] = []  # ProxyIndex.matches' keys
+    if flow is not None and flow.first_seen is not None:
+        if dest.ip and dest.port:
+            match_keys.append((True, (dest.ip, dest.port)))
+        for name in {dest.sni, dest.http_host, dest.host, flow.resolved_name}:
+            if name and dest.port:
+                match_keys.append((False, (name.lower().rstrip("."), dest.port)))
+    return _Profile(
+        action=action, code=_ACTION_CODE[action],
+        bytes_mode=1 if flow is not None else 2 if event.http is not None else 0,
+        l7=kind in L7_KINDS, body=body, skip_reason=skip_reason,
+        tls_not_opened="tls-not-opened" in observations or (payload is not None and payload.not_inspected_reason == "tls-not-opened"),
+        inbound=inbound, endpoint=endpoint, method=method, dest=dest_acc,
+        kinds=tuple(payload.metadata_kinds) if payload is not None else (), forbidden=tuple(forbidden),
+        proxy_keys=proxy_keys, pending=pending, bypass="bypass" in observations, match_keys=tuple(match_keys),
+        unmatched=_clean(f"{dest.host or dest.sni or dest.ip}:{dest.port}", 200),
+    )
+
+
+def _float_us(t: datetime) -> int:
+    """ProxyIndex's clock (float seconds), so matches agree with it to the microsecond."""
+    return int(t.timestamp() * 1_000_000)
+
+
+def _fast_pass(
+    store: Store,
+    pack: Pack,
+    params: ReportParams,
+    endpoint_matchers: list[tuple[str, _Matcher]],
+    forbidden_labels: dict[str, set[str]],
+    any_forbidden: frozenset[str],
+) -> _Acc:
+    """`_observe` over every event, from the stored bytes; raises `_Untrusted` on anything
+    the reference pass must judge."""
+    acc = _Acc(flagged=_FindingGroups(pack))
+    flagged = acc.flagged
+    assert flagged is not None
+    profiles: dict[tuple[Any, ...], _Profile] = {}
+    sensor_kinds: dict[tuple[str, str], int] = {}
+    whos = acc.who
+    times_append = acc.times.append
+    codes_append = acc.codes.append
+    inbound_ids = acc.inbound_ids
+    forbidden_ids = acc.forbidden
+    by_addr: defaultdict[tuple[str, int], list[int]] = defaultdict(list)
+    by_name: defaultdict[tuple[str, int], list[int]] = defaultdict(list)
+    seen_proxy: set[str] = set()
+    pending: deque[tuple[int, _Profile, str | None, str | None]] = deque()
+    loads = orjson.loads
+    parse = datetime.fromisoformat
+    epoch, one_us = _EPOCH, _ONE_US
+    first_time: str | None = None
+    last_time: str | None = None
+    traffic = 0
+    events = 0
+    slack = MATCH_SLACK_US
+
+    def settle(now: int | None) -> None:
+        while pending and (now is None or pending[0][0] < now):
+            _, p, first_seen, last_seen = pending.popleft()
+            acc.external_flows += 1
+            if not p.bypass and p.match_keys and first_seen is not None:
+                lo = _float_us(parse(first_seen)) - slack
+                hi = _float_us(parse(last_seen or first_seen)) + slack
+                for is_addr, key in p.match_keys:
+                    stamps = (by_addr if is_addr else by_name).get(key)
+                    if stamps:
+                        i = bisect_left(stamps, lo)
+                        if i < len(stamps) and stamps[i] <= hi:
+                            acc.matched_flows += 1
+                            break
+                else:
+                    acc.unmatched[p.unmatched] += 1
+            else:
+                acc.unmatched[p.unmatched] += 1
+
+    try:
+        for body in store.event_bodies(params.since, params.until):
+            d = loads(body)
+            kind = d["kind"]
+            sensor_id = d["sensor_id"]
+            stamp = d["time"]
+            events += 1
+            if first_time is None:
+                first_time = stamp
+            last_time = stamp
+            if kind == "sensor":
+                sk = (sensor_id, kind)
+                sensor_kinds[sk] = sensor_kinds.get(sk, 0) + 1
+                _lifecycle(acc.sensors[sensor_id], EgressEvent.model_validate_json(body))
+                continue
+            traffic += 1
+            src = d["source"]
+            src_key = (src["namespace"], src["pod"], src["node"], src["ip"])
+            who = whos.get(src_key)
+            if who is None:
+                who = _new_source(acc, src_key)
+            key = _profile_key(d)
+            p = profiles.get(key)
+            event: EgressEvent | None = None
+            if p is None:
+                event = EgressEvent.model_validate_json(body)
+                event.decision = evaluate(event, pack)
+                p = profiles[key] = _new_profile(acc, event, pack, endpoint_matchers, forbidden_labels, any_forbidden)
+            p.n += 1
+            time = parse(stamp)
+            now = (time - epoch) // one_us
+            times_append(now)
+            codes_append(p.code)
+            if p.code:
+                if event is None:
+                    event = EgressEvent.model_validate_json(body)
+                    event.decision = evaluate(event, pack)
+                decision = event.decision
+                if (decision.action if decision is not None else "unverified") != p.action:
+                    raise _Untrusted("an event's decision differs from its profile's")
+                flagged.add(event)
+            mode = p.bytes_mode
+            if mode == 1:
+                f = d["flow"]
+                p.up += f["bytes_up"]
+                p.down += f["bytes_down"]
+            elif mode == 2:
+                h = d["http"]
+                p.up += h["request_bytes_wire"] or h["request_bytes_decoded"] or 0
+                p.down += h["response_bytes_wire"] or h["response_bytes_decoded"] or 0
+            if p.inbound and len(inbound_ids) < MAX_EVENT_IDS:
+                inbound_ids.append(d["id"])
+            ep = p.endpoint
+            if ep is not None and len(ep.sources) < 200:
+                ep.sources.add(who)
+            dest = p.dest
+            if dest is not None and len(dest.sources) < 20:
+                dest.sources.add(who)
+            for class_id in p.forbidden:
+                ids = forbidden_ids[class_id]
+                if len(ids) < MAX_EVENT_IDS:
+                    ids.append(d["id"])
+            if p.proxy_keys is not None:
+                event_id = d["id"]
+                if event_id not in seen_proxy:
+                    seen_proxy.add(event_id)
+                    t = _float_us(time)
+                    for is_addr, pkey in p.proxy_keys:
+                        insort((by_addr if is_addr else by_name)[pkey], t)
+            if p.pending:
+                f = d["flow"]
+                end = f["last_seen"] or f["first_seen"]
+                pending.append((((parse(end) - epoch) // one_us if end else now) + slack, p, f["first_seen"], f["last_seen"]))
+            if pending and pending[0][0] < now:
+                settle(now)
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:  # pydantic's ValidationError is a ValueError
+        raise _Untrusted(str(exc)) from exc
+    settle(None)
+
+    acc.events, acc.traffic = events, traffic
+    if first_time is not None and last_time is not None:
+        acc.first, acc.last = parse(first_time).astimezone(UTC), parse(last_time).astimezone(UTC)
+    for key, p in profiles.items():  # a profile's key starts with its sensor and kind
+        n = p.n
+        sk = (key[0], key[1])
+        sensor_kinds[sk] = sensor_kinds.get(sk, 0) + n
+        acc.actions[p.action] += n
+        if p.l7:
+            acc.http_requests += n
+        if p.body:
+            acc.bodies_seen += n
+            if p.body == 1:
+                acc.bodies_inspected += n
+            else:
+                acc.bodies_skipped[p.skip_reason] += n
+        if p.tls_not_opened:
+            acc.tls_not_opened += n
+        if p.inbound:
+            acc.inbound += n
+        if p.endpoint is not None:
+            ep = p.endpoint
+            ep.events += n
+            ep.bytes_up += p.up
+            ep.bytes_down += p.down
+            if p.method is not None:
+                ep.methods[p.method] += n
+            ep.actions[p.action] += n
+        if p.dest is not None:
+            p.dest.actions[p.action] += n
+            p.dest.bytes_up += p.up
+            p.dest.bytes_down += p.down
+        for kind_id in p.kinds:
+            acc.kinds[kind_id].count += n
+        for class_id in p.forbidden:
+            acc.forbidden_counts[class_id] += n
+    for (sensor_id, kind), n in sensor_kinds.items():
+        sensor = acc.sensors[sensor_id]
+        sensor.events += n
+        sensor.kinds[kind] += n
+    return acc
 
 
 def _sensors(acc: _Acc) -> list[SensorCoverage]:

@@ -57,6 +57,11 @@ class Store(Protocol):
     ) -> Iterator[EgressEvent]:
         """Events in time order within [since, until)."""
 
+    def event_bodies(self, since: datetime | None = None, until: datetime | None = None) -> Iterator[bytes]:
+        """What `events` reads, undecoded: each event's stored canonical JSON in the same
+        order. For bulk readers (the report) that decode fast and, since these bytes are
+        only as good as the chain that covers them, check `verify` before trusting them."""
+
     def findings(self, sensor_id: str | None = None) -> Iterator[Finding]:
         """Chained findings, of one judge (`check`, `monitor`, ...) or all."""
 

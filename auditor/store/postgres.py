@@ -269,6 +269,10 @@ class PostgresStore:
     # --- reading --------------------------------------------------------------------------
 
     def events(self, since: datetime | None = None, until: datetime | None = None) -> Iterator[EgressEvent]:
+        for body in self.event_bodies(since, until):
+            yield EgressEvent.model_validate_json(body)
+
+    def event_bodies(self, since: datetime | None = None, until: datetime | None = None) -> Iterator[bytes]:
         """Keyset pages, each its own statement: a caller may write between pages."""
         lo = time_us(since) if since else -(2**62)
         hi = time_us(until) if until else 2**62
@@ -282,7 +286,7 @@ class PostgresStore:
                     (lo, hi, *key, _PAGE),
                 ).fetchall()
             for t, s, seq, body in rows:
-                yield EgressEvent.model_validate_json(body)
+                yield bytes(body)
                 key = (t, s, seq)
             if len(rows) < _PAGE:
                 return

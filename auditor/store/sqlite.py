@@ -125,14 +125,20 @@ class SqliteStore:
         )
 
     def events(self, since: datetime | None = None, until: datetime | None = None) -> Iterator[EgressEvent]:
+        for (body,) in self._event_rows(since, until):
+            yield EgressEvent.model_validate_json(body)  # as stored: a column edited to another type fails here
+
+    def event_bodies(self, since: datetime | None = None, until: datetime | None = None) -> Iterator[bytes]:
+        for (body,) in self._event_rows(since, until):
+            yield body if isinstance(body, bytes) else str(body).encode()
+
+    def _event_rows(self, since: datetime | None, until: datetime | None) -> sqlite3.Cursor:
         lo = time_us(since) if since else -(2**62)
         hi = time_us(until) if until else 2**62
-        cur = self._db.execute(
+        return self._db.execute(
             "SELECT body FROM records WHERE kind = 'event' AND time_us >= ? AND time_us < ? ORDER BY time_us, sensor_id, seq",
             (lo, hi),
         )
-        for (body,) in cur:
-            yield EgressEvent.model_validate_json(body)
 
     def events_after(self, cursor: dict[str, int], limit: int = 10_000) -> list[tuple[str, int, EgressEvent]]:
         out: list[tuple[str, int, EgressEvent]] = []
