@@ -23,14 +23,53 @@ PROBE_PREFIX = "probe"
 MAX_LISTED = 100
 
 
-def _us(t: datetime) -> int:
+ProxyKey = tuple[bool, tuple[str, int]]  # (by address?, (address or name, port))
+
+
+def timestamp_us(t: datetime) -> int:
+    """The index's clock: microseconds from the float timestamp, the same for every caller."""
     return int(t.timestamp() * 1_000_000)
 
 
+def _name(value: str) -> str:
+    return value.lower().rstrip(".")
+
+
+def is_proxy_record(ev: EgressEvent) -> bool:
+    """A proxy's record of an upstream connection (not its lifecycle records)."""
+    return ev.sensor_id.startswith(PROXY_PREFIX) and ev.kind != "sensor"
+
+
+def proxy_keys(ev: EgressEvent) -> tuple[ProxyKey, ...]:
+    """Where a proxy record says the proxy connected: by (address, port); by (name, port)
+    only when no address was recorded, the name being the best there is."""
+    d = ev.destination
+    port = d.port or (443 if d.tls or (ev.http and ev.http.scheme == "https") else 80)
+    if d.ip:
+        return ((True, (d.ip, port)),)
+    return tuple((False, (_name(name.rsplit(":", 1)[0]), port)) for name in {d.host, d.sni, d.http_host} if name)
+
+
+def flow_keys(ev: EgressEvent) -> tuple[ProxyKey, ...]:
+    """The proxy records that would account for a flow: its (address, port) and each name
+    it carries with its port; none for a flow without a port or a first-seen time."""
+    f, d = ev.flow, ev.destination
+    if f is None or f.first_seen is None or not d.port:
+        return ()
+    keys: list[ProxyKey] = [(True, (d.ip, d.port))] if d.ip else []
+    keys.extend((False, (_name(name), d.port)) for name in {d.sni, d.http_host, d.host, f.resolved_name} if name)
+    return tuple(keys)
+
+
+def flow_window(first_seen: datetime, last_seen: datetime | None, slack_us: int) -> tuple[int, int]:
+    """The times a proxy record may have to match a flow: its lifetime plus slack."""
+    return timestamp_us(first_seen) - slack_us, timestamp_us(last_seen or first_seen) + slack_us
+
+
 class ProxyIndex:
-    """Times of proxy upstream connections by (address, port); by (name, port) only for
-    proxy records without an address, so a direct connection to another address that
-    merely names the same host is not taken for the proxy's."""
+    """Times of proxy upstream connections under their `proxy_keys`, so a flow is matched
+    by its `flow_keys` (a direct connection to another address that merely names the same
+    host is not taken for the proxy's)."""
 
     def __init__(self) -> None:
         self._by_addr: dict[tuple[str, int], list[int]] = defaultdict(list)
@@ -39,23 +78,21 @@ class ProxyIndex:
         self.events = 0
 
     def add(self, ev: EgressEvent) -> None:
-        if not ev.sensor_id.startswith(PROXY_PREFIX) or ev.kind == "sensor" or ev.id in self._seen:
+        if is_proxy_record(ev):
+            self.record(ev.id, timestamp_us(ev.time), proxy_keys(ev))
+
+    def record(self, event_id: str, t: int, keys: tuple[ProxyKey, ...]) -> None:
+        """One proxy record by its id, `timestamp_us` time and `proxy_keys`."""
+        if event_id in self._seen:
             return
-        t = _us(ev.time)
-        self._seen[ev.id] = t
+        self._seen[event_id] = t
         self.events += 1
-        d = ev.destination
-        port = d.port or (443 if d.tls or (ev.http and ev.http.scheme == "https") else 80)
-        if d.ip:
-            bisect.insort(self._by_addr[(d.ip, port)], t)
-            return
-        for name in {d.host, d.sni, d.http_host}:  # no address recorded: the name is the best we have
-            if name:
-                bisect.insort(self._by_name[(name.rsplit(":", 1)[0].lower().rstrip("."), port)], t)
+        for by_addr, key in keys:
+            bisect.insort((self._by_addr if by_addr else self._by_name)[key], t)
 
     def prune(self, before: datetime) -> None:
         """Forget records older than `before`: no flow still to be decided can match them."""
-        cut = _us(before)
+        cut = timestamp_us(before)
         for table in (self._by_addr, self._by_name):
             for key in list(table):
                 times = table[key]
@@ -74,17 +111,13 @@ class ProxyIndex:
         """A proxy record for this destination within the flow's lifetime (plus slack)."""
         if flow.flow is None or flow.flow.first_seen is None:
             return False
-        lo = _us(flow.flow.first_seen) - int(slack_s * 1_000_000)
-        hi = _us(flow.flow.last_seen or flow.flow.first_seen) + int(slack_s * 1_000_000)
-        d = flow.destination
-        keys: list[tuple[dict[tuple[str, int], list[int]], tuple[str, int]]] = []
-        if d.ip and d.port:
-            keys.append((self._by_addr, (d.ip, d.port)))
-        for name in {d.sni, d.http_host, d.host, flow.flow.resolved_name}:
-            if name and d.port:
-                keys.append((self._by_name, (name.lower().rstrip("."), d.port)))
-        for table, key in keys:
-            times = table.get(key)
+        lo, hi = flow_window(flow.flow.first_seen, flow.flow.last_seen, int(slack_s * 1_000_000))
+        return self.seen(flow_keys(flow), lo, hi)
+
+    def seen(self, keys: tuple[ProxyKey, ...], lo: int, hi: int) -> bool:
+        """A record under any of `keys` (`flow_keys`) timed within [lo, hi] (`flow_window`)."""
+        for by_addr, key in keys:
+            times = (self._by_addr if by_addr else self._by_name).get(key)
             if times:
                 i = bisect.bisect_left(times, lo)
                 if i < len(times) and times[i] <= hi:

@@ -15,7 +15,6 @@ import subprocess
 import sys
 import uuid
 from array import array
-from bisect import bisect_left, insort
 from collections import Counter, defaultdict, deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -30,10 +29,10 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field
 
 from auditor.model import SEVERITY_ORDER, EgressEvent, Finding, Likelihood, LikelihoodName, Severity
-from auditor.probe.coverage import PROXY_PREFIX, ProxyIndex, is_external_flow
+from auditor.probe.coverage import ProxyIndex, ProxyKey, flow_keys, flow_window, is_external_flow, is_proxy_record, proxy_keys, timestamp_us
 from auditor.redact import redact_query, redact_text
 from auditor.rules import Pack, evaluate, group_findings, judge
-from auditor.store.base import Store, VerifyResult, open_store, redact_url
+from auditor.store.base import Store, VerifyResult, redact_url
 from auditor.store.chain import canonical_json
 
 SCHEMA = "https://boundary-auditor.dev/report/v1"
@@ -420,7 +419,7 @@ class _Acc:
     codes: array = field(default_factory=lambda: array("b"))
     flagged: _FindingGroups | None = None
     proxy_index: ProxyIndex = field(default_factory=ProxyIndex)
-    pending_flows: deque[tuple[int, EgressEvent]] = field(default_factory=deque)
+    pending_flows: deque[tuple[int, _Profile, int, int]] = field(default_factory=deque)  # (deadline, profile, flow_window)
     external_flows: int = 0
     matched_flows: int = 0
     unmatched: Counter[str] = field(default_factory=Counter)
@@ -723,116 +722,37 @@ def _observe(
     forbidden_labels: dict[str, set[str]],
     any_forbidden: frozenset[str],
 ) -> None:
-    """One event into the accumulators. The hot loop of a report: memoised by the
-    values that repeat (sources, names), nothing kept whole but non-allowed events."""
+    """One event into the accumulators: the event is a profile of its own, made, added
+    and folded in by the same helpers the fast pass runs once per profile."""
     acc.events += 1
     time = event.time
     if acc.first is None:
         acc.first = time
     acc.last = time
-    sensor = acc.sensors[event.sensor_id]
-    sensor.events += 1
-    kind = event.kind
-    sensor.kinds[kind] += 1
-    if kind == "sensor":
-        _lifecycle(sensor, event)
+    if event.kind == "sensor":
+        _sensor_record(acc, event)
         return
-
     acc.traffic += 1
     src = event.source
     src_key = (src.namespace, src.pod, src.node, src.ip)
     who = acc.who.get(src_key)
     if who is None:
         who = _new_source(acc, src_key)
-    decision = event.decision
-    action = decision.action if decision is not None else "unverified"
-    acc.actions[action] += 1
-    now = _us(time)
-    acc.times.append(now)
-    acc.codes.append(_ACTION_CODE[action])
-    if action != "allowed" and acc.flagged is not None:
+    p = _new_profile(acc, event, pack, endpoint_matchers, forbidden_labels, any_forbidden)
+    if p.code and acc.flagged is not None:
         acc.flagged.add(event)
-
-    payload = event.payload
-    if kind in L7_KINDS:
-        acc.http_requests += 1
-    if payload is not None and (payload.size or payload.sha256 or payload.inspected or payload.not_inspected_reason):
-        acc.bodies_seen += 1
-        if payload.inspected:
-            acc.bodies_inspected += 1
-        else:
-            acc.bodies_skipped[_clean(payload.not_inspected_reason or "not-inspected", 80)] += 1
-    observations = event.observations
+    p.up, p.down = _bytes(event)
     flow = event.flow
-    if "tls-not-opened" in observations or (payload is not None and payload.not_inspected_reason == "tls-not-opened"):
-        acc.tls_not_opened += 1
-
-    up, down = _bytes(event)
-    dest = event.destination
-    host = (dest.host or dest.sni or dest.http_host or dest.ip or "").lower().rstrip(".")
-    internal = (flow is not None and flow.direction == "internal") or _internal(acc, pack, dest.ip, host)
-    inbound = "inbound" in observations or (flow is not None and flow.direction == "inbound")
-    if inbound:
-        acc.inbound += 1
-        if len(acc.inbound_ids) < MAX_EVENT_IDS:
-            acc.inbound_ids.append(event.id)
-
-    if not internal and not inbound and kind != "dns":
-        name_key = (dest.host, dest.sni, dest.http_host)
-        if name_key in acc.endpoint_of:
-            endpoint_id = acc.endpoint_of[name_key]
-        else:
-            names = {n.lower().rstrip(".") for n in name_key if n}
-            endpoint_id = next((eid for eid, matches in endpoint_matchers if any(matches(n) for n in names)), None)
-            if len(acc.endpoint_of) < 100_000:
-                acc.endpoint_of[name_key] = endpoint_id
-        if endpoint_id is not None:
-            ep = acc.endpoints[endpoint_id]
-            ep.events += 1
-            ep.bytes_up += up
-            ep.bytes_down += down
-            if len(ep.sources) < 200:
-                ep.sources.add(who)
-            if event.http is not None:
-                ep.methods[_clean(event.http.method, 16)] += 1
-            ep.actions[action] += 1
-        d = acc.destinations[(destination_name(event), dest.port)]
-        d.actions[action] += 1
-        d.bytes_up += up
-        d.bytes_down += down
-        if len(d.sources) < 20:
-            d.sources.add(who)
-        if decision is not None and len(d.rule_ids) < 20:
-            d.rule_ids.add(decision.rule_id)
-
-    if payload is not None:
-        for kind_id in payload.metadata_kinds:
-            k = acc.kinds[kind_id]
-            k.count += 1
-            if payload.route and len(k.routes) < MAX_SAMPLES:
-                k.routes.add(_clean(payload.route, 120))
-            if len(k.field_paths) < MAX_SAMPLES:
-                for f in payload.findings:
-                    if f.field_path and (f.label in (kind_id, "metadata") or f.detector == kind_id):
-                        k.field_paths.add(_clean(f.field_path, 120))
-        labels = set(payload.labels)
-        labels.update(f.label for f in payload.findings)
-        if not labels.isdisjoint(any_forbidden):
-            for class_id, wanted in forbidden_labels.items():
-                if not labels.isdisjoint(wanted):
-                    acc.forbidden_counts[class_id] += 1
-                    if len(acc.forbidden[class_id]) < MAX_EVENT_IDS:
-                        acc.forbidden[class_id].append(event.id)
-
-    acc.proxy_index.add(event)
-    if kind == "flow" and src.scope != "node" and not internal and is_external_flow(event):
-        end = (flow.last_seen or flow.first_seen) if flow is not None else None
-        acc.pending_flows.append(((_us(end) if end else now) + MATCH_SLACK_US, event))
-    if acc.pending_flows and acc.pending_flows[0][0] < now:
-        _settle(acc, now)
+    first_seen, last_seen = (flow.first_seen, flow.last_seen) if flow is not None else (None, None)
+    _add_event(acc, p, who, event.id, _us(time), time, first_seen, last_seen)
+    _fold(acc, p, event.sensor_id, event.kind)
 
 
-def _lifecycle(sensor: _SensorAcc, event: EgressEvent) -> None:
+def _sensor_record(acc: _Acc, event: EgressEvent) -> None:
+    """A sensor's own lifecycle record: counted, and its starts, stops, gaps and drops."""
+    sensor = acc.sensors[event.sensor_id]
+    sensor.events += 1
+    sensor.kinds[event.kind] += 1
     info = event.sensor
     if info is not None:
         if info.lifecycle == "start":
@@ -865,14 +785,14 @@ def _settle(acc: _Acc, now: int | None) -> None:
     """Match pod flows to proxy records once every proxy record that could match has
     been read (events arrive in time order), so only a few seconds of flows are held."""
     pending = acc.pending_flows
+    index = acc.proxy_index
     while pending and (now is None or pending[0][0] < now):
-        _, flow = pending.popleft()
+        _, p, lo, hi = pending.popleft()
         acc.external_flows += 1
-        if "bypass" not in flow.observations and acc.proxy_index.matches(flow, MATCH_SLACK_US / 1_000_000):
+        if not p.bypass and index.seen(p.match_keys, lo, hi):
             acc.matched_flows += 1
         else:
-            d = flow.destination
-            acc.unmatched[_clean(f"{d.host or d.sni or d.ip}:{d.port}", 200)] += 1
+            acc.unmatched[p.unmatched] += 1
 
 
 def _internal(acc: _Acc, pack: Pack, ip: str | None, host: str) -> bool:
@@ -917,10 +837,10 @@ class _Profile:
     dest: _DestAcc | None
     kinds: tuple[str, ...]
     forbidden: tuple[str, ...]
-    proxy_keys: tuple[tuple[bool, tuple[str, int]], ...] | None  # None: not a proxy record
+    proxy_keys: tuple[ProxyKey, ...] | None  # None: not a proxy record
     pending: bool
     bypass: bool
-    match_keys: tuple[tuple[bool, tuple[str, int]], ...]
+    match_keys: tuple[ProxyKey, ...]
     unmatched: str
     n: int = 0
     up: int = 0
@@ -955,11 +875,6 @@ def _profile_key(d: dict[str, Any]) -> tuple[Any, ...]:
     )
 
 
-def _proxy_port(event: EgressEvent) -> int:
-    d = event.destination
-    return d.port or (443 if d.tls or (event.http and event.http.scheme == "https") else 80)
-
-
 def _new_profile(
     acc: _Acc,
     event: EgressEvent,
@@ -968,9 +883,8 @@ def _new_profile(
     forbidden_labels: dict[str, set[str]],
     any_forbidden: frozenset[str],
 ) -> _Profile:
-    """`_observe`'s per-event decisions for the first event of a profile, with the effects
-    only a profile's first event can have (rule ids, routes and field paths: later events
-    of the profile would add the same values)."""
+    """The per-event decisions for an event (the fast pass: the first of its profile), with
+    the effects every event of a profile would repeat (rule ids, routes and field paths)."""
     decision = event.decision
     action = decision.action if decision is not None else "unverified"
     kind = event.kind
@@ -990,8 +904,7 @@ def _new_profile(
     method: str | None = None
     dest_acc: _DestAcc | None = None
     if not internal and not inbound and kind != "dns":
-        names = {n.lower().rstrip(".") for n in (dest.host, dest.sni, dest.http_host) if n}
-        endpoint_id = next((eid for eid, matches in endpoint_matchers if any(matches(n) for n in names)), None)
+        endpoint_id = _endpoint_id(acc, (dest.host, dest.sni, dest.http_host), endpoint_matchers)
         if endpoint_id is not None:
             endpoint = acc.endpoints[endpoint_id]
             if event.http is not None:
@@ -1013,21 +926,6 @@ def _new_profile(
         labels.update(f.label for f in payload.findings)
         if not labels.isdisjoint(any_forbidden):
             forbidden = [class_id for class_id, wanted in forbidden_labels.items() if not labels.isdisjoint(wanted)]
-    proxy_keys: tuple[tuple[bool, tuple[str, int]], ...] | None = None
-    if event.sensor_id.startswith(PROXY_PREFIX):  # ProxyIndex.add's keys
-        port = _proxy_port(event)
-        if dest.ip:
-            proxy_keys = ((True, (dest.ip, port)),)
-        else:
-            proxy_keys = tuple((False, (n.rsplit(":", 1)[0].lower().rstrip("."), port)) for n in {dest.host, dest.sni, dest.http_host} if n)
-    pending = kind == "flow" and event.source.scope != "node" and not internal and is_external_flow(event)
-    match_keys: list[tuple[bool, tuple[str, int]]] = []  # ProxyIndex.matches' keys
-    if flow is not None and flow.first_seen is not None:
-        if dest.ip and dest.port:
-            match_keys.append((True, (dest.ip, dest.port)))
-        for name in {dest.sni, dest.http_host, dest.host, flow.resolved_name}:
-            if name and dest.port:
-                match_keys.append((False, (name.lower().rstrip("."), dest.port)))
     return _Profile(
         action=action, code=_ACTION_CODE[action],
         bytes_mode=1 if flow is not None else 2 if event.http is not None else 0,
@@ -1035,14 +933,100 @@ def _new_profile(
         tls_not_opened="tls-not-opened" in observations or (payload is not None and payload.not_inspected_reason == "tls-not-opened"),
         inbound=inbound, endpoint=endpoint, method=method, dest=dest_acc,
         kinds=tuple(payload.metadata_kinds) if payload is not None else (), forbidden=tuple(forbidden),
-        proxy_keys=proxy_keys, pending=pending, bypass="bypass" in observations, match_keys=tuple(match_keys),
+        proxy_keys=proxy_keys(event) if is_proxy_record(event) else None,
+        pending=kind == "flow" and event.source.scope != "node" and not internal and is_external_flow(event),
+        bypass="bypass" in observations, match_keys=flow_keys(event),
         unmatched=_clean(f"{dest.host or dest.sni or dest.ip}:{dest.port}", 200),
     )
 
 
-def _float_us(t: datetime) -> int:
-    """ProxyIndex's clock (float seconds), so matches agree with it to the microsecond."""
-    return int(t.timestamp() * 1_000_000)
+def _endpoint_id(
+    acc: _Acc, names: tuple[str | None, str | None, str | None], endpoint_matchers: list[tuple[str, _Matcher]]
+) -> str | None:
+    """The contract endpoint a destination's (host, sni, http_host) names, memoised."""
+    if names in acc.endpoint_of:
+        return acc.endpoint_of[names]
+    normal = {n.lower().rstrip(".") for n in names if n}
+    endpoint_id = next((eid for eid, matches in endpoint_matchers if any(matches(n) for n in normal)), None)
+    if len(acc.endpoint_of) < 100_000:
+        acc.endpoint_of[names] = endpoint_id
+    return endpoint_id
+
+
+def _add_event(
+    acc: _Acc,
+    p: _Profile,
+    who: str,
+    event_id: str,
+    now: int,
+    time: datetime,
+    first_seen: datetime | None,
+    last_seen: datetime | None,
+) -> None:
+    """What one event of profile `p` adds on its own: its time and action code, the
+    bounded samples of sources and ids, its proxy record, and its flow to match.
+    `first_seen`/`last_seen` are its flow's, read only when `p.pending`."""
+    p.n += 1
+    acc.times.append(now)
+    acc.codes.append(p.code)
+    if p.inbound and len(acc.inbound_ids) < MAX_EVENT_IDS:
+        acc.inbound_ids.append(event_id)
+    ep = p.endpoint
+    if ep is not None and len(ep.sources) < 200:
+        ep.sources.add(who)
+    dest = p.dest
+    if dest is not None and len(dest.sources) < 20:
+        dest.sources.add(who)
+    for class_id in p.forbidden:
+        ids = acc.forbidden[class_id]
+        if len(ids) < MAX_EVENT_IDS:
+            ids.append(event_id)
+    if p.proxy_keys is not None:
+        acc.proxy_index.record(event_id, timestamp_us(time), p.proxy_keys)
+    pending = acc.pending_flows
+    if p.pending:
+        end = last_seen or first_seen
+        lo, hi = flow_window(first_seen, last_seen, MATCH_SLACK_US) if first_seen is not None else (0, 0)
+        pending.append(((_us(end) if end else now) + MATCH_SLACK_US, p, lo, hi))
+    if pending and pending[0][0] < now:
+        _settle(acc, now)
+
+
+def _fold(acc: _Acc, p: _Profile, sensor_id: str, kind: str) -> None:
+    """The counts and sums of a profile's `p.n` events into the accumulators."""
+    n = p.n
+    sensor = acc.sensors[sensor_id]
+    sensor.events += n
+    sensor.kinds[kind] += n
+    acc.actions[p.action] += n
+    if p.l7:
+        acc.http_requests += n
+    if p.body:
+        acc.bodies_seen += n
+        if p.body == 1:
+            acc.bodies_inspected += n
+        else:
+            acc.bodies_skipped[p.skip_reason] += n
+    if p.tls_not_opened:
+        acc.tls_not_opened += n
+    if p.inbound:
+        acc.inbound += n
+    ep = p.endpoint
+    if ep is not None:
+        ep.events += n
+        ep.bytes_up += p.up
+        ep.bytes_down += p.down
+        if p.method is not None:
+            ep.methods[p.method] += n
+        ep.actions[p.action] += n
+    if p.dest is not None:
+        p.dest.actions[p.action] += n
+        p.dest.bytes_up += p.up
+        p.dest.bytes_down += p.down
+    for kind_id in p.kinds:
+        acc.kinds[kind_id].count += n
+    for class_id in p.forbidden:
+        acc.forbidden_counts[class_id] += n
 
 
 def _fast_pass(
@@ -1059,16 +1043,7 @@ def _fast_pass(
     flagged = acc.flagged
     assert flagged is not None
     profiles: dict[tuple[Any, ...], _Profile] = {}
-    sensor_kinds: dict[tuple[str, str], int] = {}
     whos = acc.who
-    times_append = acc.times.append
-    codes_append = acc.codes.append
-    inbound_ids = acc.inbound_ids
-    forbidden_ids = acc.forbidden
-    by_addr: defaultdict[tuple[str, int], list[int]] = defaultdict(list)
-    by_name: defaultdict[tuple[str, int], list[int]] = defaultdict(list)
-    seen_proxy: set[str] = set()
-    pending: deque[tuple[int, _Profile, str | None, str | None]] = deque()
     loads = orjson.loads
     parse = datetime.fromisoformat
     epoch, one_us = _EPOCH, _ONE_US
@@ -1076,41 +1051,16 @@ def _fast_pass(
     last_time: str | None = None
     traffic = 0
     events = 0
-    slack = MATCH_SLACK_US
-
-    def settle(now: int | None) -> None:
-        while pending and (now is None or pending[0][0] < now):
-            _, p, first_seen, last_seen = pending.popleft()
-            acc.external_flows += 1
-            if not p.bypass and p.match_keys and first_seen is not None:
-                lo = _float_us(parse(first_seen)) - slack
-                hi = _float_us(parse(last_seen or first_seen)) + slack
-                for is_addr, key in p.match_keys:
-                    stamps = (by_addr if is_addr else by_name).get(key)
-                    if stamps:
-                        i = bisect_left(stamps, lo)
-                        if i < len(stamps) and stamps[i] <= hi:
-                            acc.matched_flows += 1
-                            break
-                else:
-                    acc.unmatched[p.unmatched] += 1
-            else:
-                acc.unmatched[p.unmatched] += 1
-
     try:
         for body in store.event_bodies(params.since, params.until):
             d = loads(body)
-            kind = d["kind"]
-            sensor_id = d["sensor_id"]
             stamp = d["time"]
             events += 1
             if first_time is None:
                 first_time = stamp
             last_time = stamp
-            if kind == "sensor":
-                sk = (sensor_id, kind)
-                sensor_kinds[sk] = sensor_kinds.get(sk, 0) + 1
-                _lifecycle(acc.sensors[sensor_id], EgressEvent.model_validate_json(body))
+            if d["kind"] == "sensor":
+                _sensor_record(acc, EgressEvent.model_validate_json(body))
                 continue
             traffic += 1
             src = d["source"]
@@ -1125,11 +1075,6 @@ def _fast_pass(
                 event = EgressEvent.model_validate_json(body)
                 event.decision = evaluate(event, pack)
                 p = profiles[key] = _new_profile(acc, event, pack, endpoint_matchers, forbidden_labels, any_forbidden)
-            p.n += 1
-            time = parse(stamp)
-            now = (time - epoch) // one_us
-            times_append(now)
-            codes_append(p.code)
             if p.code:
                 if event is None:
                     event = EgressEvent.model_validate_json(body)
@@ -1147,75 +1092,23 @@ def _fast_pass(
                 h = d["http"]
                 p.up += h["request_bytes_wire"] or h["request_bytes_decoded"] or 0
                 p.down += h["response_bytes_wire"] or h["response_bytes_decoded"] or 0
-            if p.inbound and len(inbound_ids) < MAX_EVENT_IDS:
-                inbound_ids.append(d["id"])
-            ep = p.endpoint
-            if ep is not None and len(ep.sources) < 200:
-                ep.sources.add(who)
-            dest = p.dest
-            if dest is not None and len(dest.sources) < 20:
-                dest.sources.add(who)
-            for class_id in p.forbidden:
-                ids = forbidden_ids[class_id]
-                if len(ids) < MAX_EVENT_IDS:
-                    ids.append(d["id"])
-            if p.proxy_keys is not None:
-                event_id = d["id"]
-                if event_id not in seen_proxy:
-                    seen_proxy.add(event_id)
-                    t = _float_us(time)
-                    for is_addr, pkey in p.proxy_keys:
-                        insort((by_addr if is_addr else by_name)[pkey], t)
+            first_seen: datetime | None = None
+            last_seen: datetime | None = None
             if p.pending:
                 f = d["flow"]
-                end = f["last_seen"] or f["first_seen"]
-                pending.append((((parse(end) - epoch) // one_us if end else now) + slack, p, f["first_seen"], f["last_seen"]))
-            if pending and pending[0][0] < now:
-                settle(now)
+                first_seen = parse(f["first_seen"]) if f["first_seen"] else None
+                last_seen = parse(f["last_seen"]) if f["last_seen"] else None
+            time = parse(stamp)
+            _add_event(acc, p, who, d["id"], (time - epoch) // one_us, time, first_seen, last_seen)
     except (KeyError, TypeError, ValueError, AttributeError) as exc:  # pydantic's ValidationError is a ValueError
         raise _Untrusted(str(exc)) from exc
-    settle(None)
+    _settle(acc, None)
 
     acc.events, acc.traffic = events, traffic
     if first_time is not None and last_time is not None:
         acc.first, acc.last = parse(first_time).astimezone(UTC), parse(last_time).astimezone(UTC)
     for key, p in profiles.items():  # a profile's key starts with its sensor and kind
-        n = p.n
-        sk = (key[0], key[1])
-        sensor_kinds[sk] = sensor_kinds.get(sk, 0) + n
-        acc.actions[p.action] += n
-        if p.l7:
-            acc.http_requests += n
-        if p.body:
-            acc.bodies_seen += n
-            if p.body == 1:
-                acc.bodies_inspected += n
-            else:
-                acc.bodies_skipped[p.skip_reason] += n
-        if p.tls_not_opened:
-            acc.tls_not_opened += n
-        if p.inbound:
-            acc.inbound += n
-        if p.endpoint is not None:
-            ep = p.endpoint
-            ep.events += n
-            ep.bytes_up += p.up
-            ep.bytes_down += p.down
-            if p.method is not None:
-                ep.methods[p.method] += n
-            ep.actions[p.action] += n
-        if p.dest is not None:
-            p.dest.actions[p.action] += n
-            p.dest.bytes_up += p.up
-            p.dest.bytes_down += p.down
-        for kind_id in p.kinds:
-            acc.kinds[kind_id].count += n
-        for class_id in p.forbidden:
-            acc.forbidden_counts[class_id] += n
-    for (sensor_id, kind), n in sensor_kinds.items():
-        sensor = acc.sensors[sensor_id]
-        sensor.events += n
-        sensor.kinds[kind] += n
+        _fold(acc, p, key[0], key[1])
     return acc
 
 
