@@ -16,7 +16,6 @@ import os
 import re
 import unicodedata
 from itertools import repeat
-from pathlib import Path
 from urllib.parse import parse_qsl, quote
 
 import pytest
