@@ -84,8 +84,17 @@ def _wait(predicate, timeout: float = 15.0) -> bool:  # type: ignore[no-untyped-
 
 
 def _start(config: MonitorConfig, out: io.StringIO) -> tuple[threading.Event, threading.Thread]:
+    """The monitor on a thread; if it dies, what killed it is written to `out` for the assertion message."""
     stop = threading.Event()
-    thread = threading.Thread(target=run_monitor, args=(config, load_pack(), stop), kwargs={"stream": out}, daemon=True)
+
+    def run() -> None:
+        try:
+            run_monitor(config, load_pack(), stop, stream=out)
+        except BaseException as exc:
+            out.write(f"monitor died: {type(exc).__name__}: {exc}\n")
+            raise
+
+    thread = threading.Thread(target=run, daemon=True)
     thread.start()
     return stop, thread
 
@@ -161,7 +170,7 @@ def test_monitor_runs_its_own_proxy_and_probe(tmp_path: Path) -> None:
             with socket.socket() as s:
                 return s.connect_ex(("127.0.0.1", proxy_port)) == 0
 
-        assert _wait(listening, 30)
+        assert _wait(listening, 60), out.getvalue()
         proxy = {"http": f"http://127.0.0.1:{proxy_port}"}
         handler = urllib.request.ProxyHandler(proxy)
         urllib.request.build_opener(handler).open(f"http://127.0.0.1:{origin.server_address[1]}/", timeout=10).read()
