@@ -11,6 +11,7 @@ byte of it goes upstream: a payload violation is answered 403, a body over the c
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import importlib.metadata
 import ipaddress
@@ -18,7 +19,8 @@ import json
 import logging
 import socket
 import time
-from collections.abc import Sequence
+from collections import deque
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from cryptography import x509
@@ -56,6 +58,10 @@ except importlib.metadata.PackageNotFoundError:  # running from a checkout that 
 MODES = ("audit", "enforce")
 BLOCK_STATUS = 403
 OVER_CAP_STATUS = 413
+# Events reach the writer in bursts, not one by one: waking the writer thread for each
+# event costs the proxy more (thread hand-offs, a transaction per event) than the write.
+FLUSH_DELAY = 0.05  # seconds an event may wait on the event loop before it is queued
+FLUSH_AT = 256  # events held at most; more are queued at once
 
 
 class AuditorAddon:
@@ -88,6 +94,12 @@ class AuditorAddon:
         self._endpoint_ports: list[tuple[list[str], list[int]]] = []
         self._tls_hosts: list[str] = []
         self.counts: dict[str, int] = {"events": 0, "blocked": 0, "not_inspected": 0, "malformed": 0}
+        self._pending: list[EgressEvent] = []
+        self._flush_handle: asyncio.TimerHandle | None = None
+        self._client_socks: dict[str, Any] = {}
+        self._deferred: deque[tuple[Callable[..., Any], tuple[Any, ...]]] = deque()
+        self._deferred_handle: asyncio.Handle | None = None
+        self._name_check_cache: dict[tuple[Any, ...], tuple[str, ...]] = {}
 
     # --- options and lifecycle -------------------------------------------------
 
@@ -143,6 +155,7 @@ class AuditorAddon:
         if self.writer is None or opts.auditor_store != self._store_url or opts.auditor_sensor_id != self._sensor_id:
             self._open_writer(opts.auditor_store, opts.auditor_sensor_id, opts.auditor_queue, digest, config)
         elif digest != self._config_digest:
+            self._flush()
             self.writer.submit(sensor_event(self._sensor_id or "proxy", "config", config_digest=digest, detail=json.dumps(config, sort_keys=True), version=_version))
         self._config_digest = digest
         if {"auditor_inventory", "auditor_kubernetes"} & updated:
@@ -186,6 +199,7 @@ class AuditorAddon:
         self._evaluate = evaluate
         self._endpoint_ports = []
         self._tls_hosts = []
+        self._name_check_cache.clear()
         for ep in self.pack.all_endpoints:
             self._endpoint_ports.append((list(ep.hosts), sorted(ep.ports)))
             if ep.tls:
@@ -251,6 +265,7 @@ class AuditorAddon:
         from auditor.store.base import open_store
 
         if self.writer is not None:
+            self._flush()
             self.writer.stop(detail="reconfigured")
         try:
             store = open_store(url)
@@ -264,6 +279,8 @@ class AuditorAddon:
     def done(self) -> None:
         """mitmproxy is shutting down: chain `stop` and flush everything queued."""
         self._stop_watcher()
+        self._run_deferred()
+        self._flush()
         if self.writer is not None:
             self.writer.stop(detail=f"clean shutdown; {self.counts['events']} events, {self.counts['blocked']} refused")
             self.writer.store.close()
@@ -275,7 +292,11 @@ class AuditorAddon:
         self._tunnels[client.id] = Tunnel()
 
     def client_disconnected(self, client: connection.Client) -> None:
-        self._tunnels.pop(client.id, None)
+        self._client_socks.pop(client.id, None)
+        if self._deferred:  # recording still to come for this client needs its tunnel
+            self._later(self._tunnels.pop, client.id, None)
+        else:
+            self._tunnels.pop(client.id, None)
 
     def server_connect(self, data: ServerConnectionHookData) -> None:
         """--connect-to: reach another address while SNI and Host keep the name."""
@@ -296,7 +317,10 @@ class AuditorAddon:
             _nodelay_for(data.client, data.client)
 
     def server_disconnected(self, data: ServerConnectionHookData) -> None:
-        self._cert_checks.pop(data.server.id, None)
+        if self._deferred:
+            self._later(self._cert_checks.pop, data.server.id, None)
+        else:
+            self._cert_checks.pop(data.server.id, None)
 
     def _cert_observations(self, server: connection.Server, sni: str | None) -> list[str]:
         """Whether the upstream leaf names the SNI, checked once per upstream connection."""
@@ -392,19 +416,30 @@ class AuditorAddon:
 
     def requestheaders(self, flow: http.HTTPFlow) -> None:
         req = flow.request
-        if self.nodelay and req.http_version != "HTTP/2.0" and (req.headers.get("content-length", "0") != "0" or "transfer-encoding" in req.headers):
-            _quickack(flow.client_conn)
-        length = _content_length(req)
+        declared, chunked = req.headers.get("content-length"), req.headers.get("transfer-encoding")
+        if self.nodelay and req.http_version != "HTTP/2.0" and ((declared is not None and declared != "0") or chunked is not None):
+            self._quickack(flow.client_conn)
+        length = _parse_length(declared)
         if self.mode == "enforce":
             self._enforce_headers(flow)
             return
-        body_expected = length is None and (req.headers.get("transfer-encoding") or req.http_version == "HTTP/2.0") and req.method not in ("GET", "HEAD")
+        body_expected = length is None and (chunked or req.http_version == "HTTP/2.0") and req.method not in ("GET", "HEAD")
         if (length is not None and length > self.cap) or body_expected or req.stream:
             streamer = StreamedBody(self._body_ctx(flow), self.cap, self.limits)
             if req.stream is True:
                 flow.metadata["auditor_note"] = "stream_large_bodies is set: body streamed through the auditor's scanner, not unseen"
             req.stream = streamer
             flow.metadata["auditor_stream"] = streamer
+
+    def _quickack(self, client: connection.Client) -> None:
+        """`_quickack` on the client's socket, found once per connection (the lookup costs more than the call)."""
+        sock = self._client_socks.get(client.id)
+        if sock is None:
+            sock = _socket_of(client, client)
+            if sock is None:
+                return
+            self._client_socks[client.id] = sock
+        _quickack(sock)
 
     def _enforce_headers(self, flow: http.HTTPFlow) -> None:
         """Enforce: refuse a destination violation now; otherwise the body is held whole and judged in `request`."""
@@ -452,6 +487,9 @@ class AuditorAddon:
             return
         if flow.metadata.get("auditor_stream") is not None:
             return
+        if self.mode != "enforce":  # audit never changes traffic: forward first, classify right after
+            self._later(self._prepare_event, flow)
+            return
         event = self._http_event(flow)
         flow.metadata["auditor_event"] = event
         if self.mode == "enforce" and event.decision is not None and event.decision.action == "violation":
@@ -473,10 +511,51 @@ class AuditorAddon:
             flow.metadata["auditor_response_stream"] = counter
 
     def response(self, flow: http.HTTPFlow) -> None:
-        self._finish_http(flow)
+        if self.mode != "enforce":  # answer the client first, record right after
+            self._later(self._finish_http, flow)
+        else:
+            self._finish_http(flow)
 
     def error(self, flow: http.HTTPFlow) -> None:
-        self._finish_http(flow)
+        if self.mode != "enforce":
+            self._later(self._finish_http, flow)
+        else:
+            self._finish_http(flow)
+
+    def _prepare_event(self, flow: http.HTTPFlow) -> None:
+        """Audit mode: the request event, built while the upstream works on the request."""
+        if flow.metadata.get("auditor_done") or flow.metadata.get("auditor_event") is not None:
+            return
+        try:
+            flow.metadata["auditor_event"] = self._http_event(flow)
+        except Exception:  # `_finish_http` builds it again and records the failure if it fails there too
+            log.exception("auditor: could not classify flow; retried when it ends")
+
+    def _later(self, fn: Callable[..., Any], *args: Any) -> None:
+        """Run `fn` once the current hook has returned (so mitmproxy moves the traffic first), in order.
+
+        Audit mode only: the work is the same, done off the request's critical path while
+        the other side is busy. `done` runs whatever is still queued before the last flush.
+        """
+        self._deferred.append((fn, args))
+        if self._deferred_handle is None:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:  # called outside an event loop: nothing would run it later
+                self._run_deferred()
+                return
+            self._deferred_handle = loop.call_soon(self._run_deferred)
+
+    def _run_deferred(self) -> None:
+        if self._deferred_handle is not None:
+            self._deferred_handle.cancel()
+            self._deferred_handle = None
+        while self._deferred:
+            fn, args = self._deferred.popleft()
+            try:
+                fn(*args)
+            except Exception:  # the recorders catch their own failures; this keeps the queue moving
+                log.exception("auditor: deferred recording failed")
 
     def _finish_http(self, flow: http.HTTPFlow) -> None:
         if flow.metadata.get("auditor_done"):
@@ -597,14 +676,27 @@ class AuditorAddon:
             destination=dest,
             http=http_info(flow),
         )
-        names = [target[0] if target else None, dest.sni, dest.http_host, flow.request.host]
-        obs = checks.fronting(target[0] if target else None, dest.sni, dest.http_host)
-        obs += checks.direct_ip(names)
-        obs += checks.port_mismatch(dest.http_host or dest.host, target[1] if target else flow.request.port, self._endpoint_ports)
-        obs += checks.plaintext(dest.http_host or dest.host, bool(dest.tls), self._tls_hosts)
-        for o in obs:
+        for o in self._name_checks(target, dest.sni, dest.http_host, flow.request.host, flow.request.port, dest.host, bool(dest.tls)):
             _add(event.observations, o)
         return event
+
+    def _name_checks(
+        self, target: tuple[str, int] | None, sni: str | None, http_host: str | None, req_host: str, req_port: int, host: str | None, tls: bool
+    ) -> tuple[str, ...]:
+        """The consistency checks of one request's names; a connection asks the same question per request, so answers are kept (per pack)."""
+        key = (target, sni, http_host, req_host, req_port, host, tls)
+        cached = self._name_check_cache.get(key)
+        if cached is not None:
+            return cached
+        names = [target[0] if target else None, sni, http_host, req_host]
+        obs = checks.fronting(target[0] if target else None, sni, http_host)
+        obs += checks.direct_ip(names)
+        obs += checks.port_mismatch(http_host or host, target[1] if target else req_port, self._endpoint_ports)
+        obs += checks.plaintext(http_host or host, tls, self._tls_hosts)
+        if len(self._name_check_cache) >= 4096:
+            self._name_check_cache.clear()
+        self._name_check_cache[key] = result = tuple(obs)
+        return result
 
     def _body_ctx(self, flow: http.HTTPFlow) -> BodyContext:
         req = flow.request
@@ -817,9 +909,30 @@ class AuditorAddon:
         return event
 
     def _emit(self, event: EgressEvent) -> None:
+        """Hand the event to the writer with the others of the next few milliseconds (see FLUSH_DELAY)."""
         self.counts["events"] += 1
+        if self.writer is None:
+            return
+        self._pending.append(event)
+        if len(self._pending) >= FLUSH_AT:
+            self._flush()
+        elif self._flush_handle is None:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:  # called outside an event loop: nothing would flush later
+                self._flush()
+                return
+            self._flush_handle = loop.call_later(FLUSH_DELAY, self._flush)
+
+    def _flush(self) -> None:
+        """Queue every held event, in order; a full queue counts them as dropped (chained as `drop`)."""
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+            self._flush_handle = None
+        pending, self._pending = self._pending, []
         if self.writer is not None:
-            self.writer.submit(event)
+            for event in pending:
+                self.writer.submit(event)
 
 
 def _nodelay_for(client: connection.Client, conn: connection.Connection) -> None:
@@ -832,19 +945,21 @@ def _nodelay_for(client: connection.Client, conn: connection.Connection) -> None
             pass
 
 
-def _quickack(client: connection.Client) -> None:
+_TCP_QUICKACK: int | None = getattr(socket, "TCP_QUICKACK", None)
+
+
+def _quickack(sock: Any) -> None:
     """ACK what the client sent now instead of after the delayed-ACK timer.
 
     Clients that write headers and body separately with Nagle on (Python `requests`
     through a proxy tunnel: urllib3 does not set TCP_NODELAY there) hold the body until
     the headers are ACKed; a proxy that has nothing to answer yet delays that ACK by
-    ~40 ms. Linux sends the pending ACK at once when TCP_QUICKACK is set.
+    ~40 ms. Linux sends the pending ACK at once when TCP_QUICKACK is set (it does not
+    stick, so it is set again for every request).
     """
-    quickack = getattr(socket, "TCP_QUICKACK", None)
-    sock = _socket_of(client, client) if quickack is not None else None
-    if sock is not None:
+    if _TCP_QUICKACK is not None:
         try:
-            sock.setsockopt(socket.IPPROTO_TCP, quickack, 1)
+            sock.setsockopt(socket.IPPROTO_TCP, _TCP_QUICKACK, 1)
         except OSError:
             pass
 
@@ -868,7 +983,10 @@ def _body_length(req: http.Request) -> int | None:
 
 
 def _content_length(message: http.Message) -> int | None:
-    value = message.headers.get("content-length")
+    return _parse_length(message.headers.get("content-length"))
+
+
+def _parse_length(value: str | None) -> int | None:
     if value is None:
         return None
     try:
