@@ -115,6 +115,16 @@ class FileCapture:
     def close(self) -> None:
         self._fh.close()
 
+    def _refill(self, buf: bytes, off: int, count: int) -> tuple[bytes, bool]:
+        """The unread tail of `buf` plus the next chunk; a read error (a broken gzip
+        stream) ends the file like a truncation, with `problem` saying so."""
+        try:
+            more = self._fh.read(CHUNK)
+        except OSError as exc:
+            self.problem = f"read error after {count} packets: {exc}"
+            more = b""
+        return buf[off:] + more, not more
+
     def _gzip_cut(self) -> None:
         if isinstance(self._fh, _Gunzip) and self._fh.truncated:
             self.problem = (self.problem + "; " if self.problem else "") + "gzip stream cut short (truncated capture)"
@@ -144,7 +154,6 @@ class FileCapture:
         rec = Struct(endian + "IIII").unpack_from
         buf = b""
         off = 0
-        fh = self._fh
         count = 0
         eof = False
         while True:
@@ -166,19 +175,12 @@ class FileCapture:
                     self.problem = f"file ends inside record {count + 1}: {n - off} stray bytes (truncated capture)"
                 self._gzip_cut()
                 break
-            try:
-                more = fh.read(CHUNK)
-            except OSError as exc:
-                self.problem = f"read error after {count} packets: {exc}"
-                more = b""
-            eof = not more
-            buf = buf[off:] + more
+            buf, eof = self._refill(buf, off, count)
             off = 0
         self.packets = count
 
     def _pcapng(self) -> Iterator[Frame]:
         """Blocks read in chunks, so a capture of any size streams in bounded memory."""
-        fh = self._fh
         buf = self._head
         off = 0
         eof = False
@@ -212,13 +214,7 @@ class FileCapture:
                     self.problem = f"file ends inside a pcapng block after packet {count} (truncated capture)"
                 self._gzip_cut()
                 break
-            try:
-                more = fh.read(CHUNK)
-            except OSError as exc:
-                self.problem = f"read error after {count} packets: {exc}"
-                more = b""
-            eof = not more
-            buf = buf[off:] + more
+            buf, eof = self._refill(buf, off, count)
             off = 0
         self.packets = count
 
