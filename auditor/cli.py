@@ -479,6 +479,7 @@ def proxy(
     fingerprints: Annotated[Optional[Path], typer.Option("--fingerprints", help="Dataset fingerprints to look for (auditor fingerprint).")] = None,
     key_file: Annotated[Optional[Path], typer.Option("--key-file", help="The key the fingerprints were made with.")] = None,
     canaries: Annotated[Optional[Path], typer.Option("--canaries", help="Canary token list to look for (auditor canary).")] = None,
+    classify_workers: Annotated[Optional[int], typer.Option("--classify-workers", help="Audit mode: processes classifying bodies of 32 KiB and more off the event loop (default: cores - 1, at most 4; 0: none).")] = None,
 ) -> None:
     """Run the proxy until SIGINT/SIGTERM; the store is flushed and a stop record chained on exit."""
     if ctx.invoked_subcommand is not None:
@@ -494,7 +495,7 @@ def proxy(
         listen, store=store, mode=mode, pack=pack, overlays=overlay or [], upstream_ca=upstream_ca,
         connect_to=connect_to or [], passthrough=passthrough or [], inspect_cap=inspect_cap, enforce_cap=enforce_cap, confdir=confdir,
         sensor_id=sensor_id, inventory=inventory, kubernetes=kubernetes, fingerprints=fingerprints, key_file=key_file,
-        canaries=canaries,
+        canaries=canaries, classify_workers=classify_workers,
     )
     addon = run_proxy(config, on_ready=lambda host, port: err.print(f"proxy listening on {host}:{port} ({mode} mode), evidence to {redact_url(store)}", highlight=False, markup=False))
     counts = ", ".join(f"{n} {k}" for k, n in addon.counts.items())

@@ -21,6 +21,7 @@ import socket
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future
 from typing import Any
 
 from cryptography import x509
@@ -45,6 +46,7 @@ from auditor.proxy.bodies import (
     inspect_whole,
 )
 from auditor.proxy.gate import GATED, Gate, gate_layers
+from auditor.proxy.pool import POOL_MIN_BYTES, ClassifyPool, ContextFiles, default_workers
 from auditor.proxy.events import destination_of, http_info, source_of, upstream_of, when
 from auditor.store.writer import BatchWriter
 
@@ -93,13 +95,16 @@ class AuditorAddon:
         self._watcher: Any = None
         self._endpoint_ports: list[tuple[list[str], list[int]]] = []
         self._tls_hosts: list[str] = []
-        self.counts: dict[str, int] = {"events": 0, "blocked": 0, "not_inspected": 0, "malformed": 0}
+        self.counts: dict[str, int] = {"events": 0, "blocked": 0, "not_inspected": 0, "malformed": 0, "classified_in_workers": 0}
         self._pending: list[EgressEvent] = []
         self._flush_handle: asyncio.TimerHandle | None = None
         self._client_socks: dict[str, Any] = {}
         self._deferred: deque[tuple[Callable[..., Any], tuple[Any, ...]]] = deque()
         self._deferred_handle: asyncio.Handle | None = None
         self._name_check_cache: dict[tuple[Any, ...], tuple[str, ...]] = {}
+        self.pool: ClassifyPool | None = None
+        self._pool_key: tuple[Any, ...] | None = None
+        self._pooled: dict[str, tuple[http.HTTPFlow, Future[PayloadInfo]]] = {}
 
     # --- options and lifecycle -------------------------------------------------
 
@@ -119,6 +124,7 @@ class AuditorAddon:
         loader.add_option("auditor_canaries", str, "", "Canary tokens (auditor canary) to look for in bodies.")
         loader.add_option("auditor_inventory", str, "", "Kubernetes inventory snapshot (auditor k8s snapshot) to attribute clients to pods and nodes.")
         loader.add_option("auditor_kubernetes", bool, False, "Watch pods and nodes live (in-cluster config or kubeconfig) to attribute clients.")
+        loader.add_option("auditor_classify_workers", int, default_workers(), "Audit mode: processes that classify bodies of 32 KiB and more off the event loop (0: classify every body on the event loop).")
         loader.add_option("auditor_queue", int, 50_000, "Store writer queue size; overflow is chained as a drop count.")
         loader.add_option("auditor_nodelay", bool, True, "TCP_NODELAY on client and server sockets, and an immediate ACK of request headers (removes the ~40 ms Nagle/delayed-ACK stall of clients such as requests).")
 
@@ -135,6 +141,8 @@ class AuditorAddon:
             raise exceptions.OptionsError("auditor_inspect_cap must be at least 1 byte")
         if opts.auditor_enforce_cap < 1:
             raise exceptions.OptionsError("auditor_enforce_cap must be at least 1 byte")
+        if opts.auditor_classify_workers < 0:
+            raise exceptions.OptionsError("auditor_classify_workers must be 0 (classify on the event loop) or more")
         self.mode = opts.auditor_mode
         self.nodelay = opts.auditor_nodelay
         self.learn_passthrough = opts.auditor_learn_passthrough
@@ -160,6 +168,33 @@ class AuditorAddon:
         self._config_digest = digest
         if {"auditor_inventory", "auditor_kubernetes"} & updated:
             self._load_inventory(opts.auditor_inventory, opts.auditor_kubernetes)
+        self._configure_pool(opts.auditor_classify_workers, ContextFiles(opts.auditor_fingerprints, opts.auditor_fingerprint_key, opts.auditor_canaries))
+
+    def _configure_pool(self, workers: int, files: ContextFiles) -> None:
+        """Audit mode classifies big bodies in worker processes; enforce judges before forwarding, on the loop."""
+        key = (workers, files, self.cap) if self.mode == "audit" and workers > 0 else None
+        if key == self._pool_key:
+            return
+        self._close_pool()
+        self._pool_key = key
+        if key is not None:
+            self.pool = ClassifyPool(workers, files, max_bytes=8 * self.cap)
+
+    def _close_pool(self) -> None:
+        """Record every flow still being classified, then stop the workers."""
+        for flow, future in list(self._pooled.values()):
+            try:
+                future.result()
+            except Exception:  # `_finish_http` records the failure from the future itself
+                pass
+            if flow.metadata.get("auditor_finish_wanted"):
+                self._finish_http(flow)
+            else:
+                self._prepare_event(flow)
+        self._pooled.clear()
+        if self.pool is not None:
+            self.pool.close()
+            self.pool = None
 
     def _config(self) -> dict[str, Any]:
         opts = ctx.options
@@ -280,6 +315,7 @@ class AuditorAddon:
         """mitmproxy is shutting down: chain `stop` and flush everything queued."""
         self._stop_watcher()
         self._run_deferred()
+        self._close_pool()
         self._flush()
         if self.writer is not None:
             self.writer.stop(detail=f"clean shutdown; {self.counts['events']} events, {self.counts['blocked']} refused")
@@ -526,8 +562,11 @@ class AuditorAddon:
         """Audit mode: the request event, built while the upstream works on the request."""
         if flow.metadata.get("auditor_done") or flow.metadata.get("auditor_event") is not None:
             return
+        pooled = self._pooled.get(flow.id)
+        if pooled is None and self._to_pool(flow) or pooled is not None and not pooled[1].done():
+            return
         try:
-            flow.metadata["auditor_event"] = self._http_event(flow)
+            flow.metadata["auditor_event"] = self._http_event(flow, self._pool_result(flow))
         except Exception:  # `_finish_http` builds it again and records the failure if it fails there too
             log.exception("auditor: could not classify flow; retried when it ends")
 
@@ -557,8 +596,46 @@ class AuditorAddon:
             except Exception:  # the recorders catch their own failures; this keeps the queue moving
                 log.exception("auditor: deferred recording failed")
 
+    def _to_pool(self, flow: http.HTTPFlow) -> bool:
+        """Hand a big held body to a classifier process; the event is built when its answer comes back."""
+        body = flow.request.raw_content
+        if self.pool is None or body is None or len(body) < POOL_MIN_BYTES:
+            return False
+        future = self.pool.submit(body, self._body_ctx(flow), self.cap, self.limits)
+        if future is None:
+            return False
+        self._pooled[flow.id] = (flow, future)
+        self.counts["classified_in_workers"] += 1
+        flow.metadata["auditor_tunnel"] = self._tunnels.get(flow.client_conn.id)  # the client may be gone when the answer comes
+        loop = asyncio.get_running_loop()
+        future.add_done_callback(lambda _: loop.call_soon_threadsafe(self._pool_done, flow))
+        return True
+
+    def _pool_done(self, flow: http.HTTPFlow) -> None:
+        if flow.id not in self._pooled:  # shutdown already recorded it
+            return
+        if flow.metadata.get("auditor_finish_wanted"):
+            self._finish_http(flow)
+        else:
+            self._prepare_event(flow)
+
+    def _pool_result(self, flow: http.HTTPFlow) -> PayloadInfo | None:
+        """The payload a classifier process found, once; a worker that failed is recorded like an inline failure."""
+        pooled = self._pooled.pop(flow.id, None)
+        if pooled is None:
+            return None
+        try:
+            return pooled[1].result()
+        except Exception as exc:
+            body = flow.request.raw_content or b""
+            return PayloadInfo(size=len(body), inspected=False, not_inspected_reason=f"classifier failed: {type(exc).__name__}: {exc}")
+
     def _finish_http(self, flow: http.HTTPFlow) -> None:
         if flow.metadata.get("auditor_done"):
+            return
+        pooled = self._pooled.get(flow.id)
+        if pooled is not None and not pooled[1].done():
+            flow.metadata["auditor_finish_wanted"] = True  # `_pool_done` comes back here
             return
         flow.metadata["auditor_done"] = True
         try:
@@ -572,7 +649,7 @@ class AuditorAddon:
                 return
             event: EgressEvent | None = flow.metadata.get("auditor_event")
             if event is None:
-                event = self._http_event(flow)
+                event = self._http_event(flow, self._pool_result(flow))
             self._complete(flow, event)
             self._emit(event)
         except Exception as exc:  # one bad flow must never take the sensor down
@@ -630,8 +707,8 @@ class AuditorAddon:
         if event.payload is not None and not event.payload.inspected:
             self.counts["not_inspected"] += 1
 
-    def _http_event(self, flow: http.HTTPFlow) -> EgressEvent:
-        """The event for a request whose body (if any) is held whole."""
+    def _http_event(self, flow: http.HTTPFlow, payload: PayloadInfo | None = None) -> EgressEvent:
+        """The event for a request whose body (if any) is held whole; `payload` when a classifier process judged it."""
         event = self._base_event(flow)
         req = flow.request
         assert event.http is not None
@@ -651,7 +728,7 @@ class AuditorAddon:
                 event.notes.append(f"Content-Length says {declared} bytes, body has {len(body)}")
                 _add(event.observations, "malformed")
             try:
-                event.payload = inspect_held(body, self._body_ctx(flow), self.cap, self.limits)
+                event.payload = payload if payload is not None else inspect_held(body, self._body_ctx(flow), self.cap, self.limits)
             except Exception as exc:  # a classifier bug is recorded, never fatal to the proxy
                 event.payload = PayloadInfo(size=len(body), inspected=False, not_inspected_reason=f"classifier failed: {type(exc).__name__}: {exc}")
         else:
@@ -665,7 +742,7 @@ class AuditorAddon:
         return event
 
     def _base_event(self, flow: http.HTTPFlow) -> EgressEvent:
-        tunnel = self._tunnels.get(flow.client_conn.id)
+        tunnel = flow.metadata.get("auditor_tunnel") or self._tunnels.get(flow.client_conn.id)
         target = tunnel.target if tunnel else None
         dest = destination_of(flow, target)
         event = EgressEvent(

@@ -41,6 +41,7 @@ class ProxyConfig(BaseModel):
     sensor_id: str | None = None
     inspect_cap: int = Field(default=DEFAULT_INSPECT_CAP, ge=1)
     enforce_cap: int = Field(default=DEFAULT_ENFORCE_CAP, ge=1)
+    classify_workers: int | None = Field(default=None, ge=0)  # None: the addon's default (cores - 1, at most 4)
     nodelay: bool = True
     inventory: Path | None = None
     kubernetes: bool = False
@@ -97,6 +98,8 @@ def mitm_options(config: ProxyConfig) -> dict[str, object]:
     }
     if config.sensor_id:
         opts["auditor_sensor_id"] = config.sensor_id
+    if config.classify_workers is not None:
+        opts["auditor_classify_workers"] = config.classify_workers
     if config.upstream_ca:
         opts["ssl_verify_upstream_trusted_ca"] = str(config.upstream_ca)
     return opts

@@ -325,3 +325,43 @@ def test_connect_that_cannot_reach_upstream_is_recorded(proxy: RunningProxy) -> 
     [event] = _wait_for(proxy.store, lambda e: e.destination.host == FOREIGN and e.destination.port == 9)
     assert event.kind == "tcp" and event.flow is not None and event.flow.tcp_state == "attempted"
     assert event.decision is not None and event.decision.action == "violation"
+
+
+def _pooled_run(tmp: Path, confdir: Path, test_ca: ThrowawayCA, overlay: Path, workers: int) -> tuple[list[EgressEvent], dict[str, int]]:
+    """Big bodies of every verdict through a proxy; the proxy stops right after the last answer."""
+    history = [{"status": "active", "ts": f"2025-02-11T10:{i // 60 % 60:02d}:{i % 60:02d}Z"} for i in range(1200)]
+    status = json.dumps({"uid": "6613d6a1f0c8b2b1a9e4d0c7", "status": "active", "status_history": history}).encode()
+    table = ("name,email,account\n" + "".join(f"person {i},p{i}@example.com,ACC-{i:08d}\n" for i in range(1500))).encode()
+    assert 32 * 1024 < len(status) < CAP and 32 * 1024 < len(table) < CAP
+    config = proxy_config(tmp, confdir, test_ca, overlays=[overlay], inspect_cap=CAP, classify_workers=workers)
+    with running_proxy(config) as p, _client(p) as c:
+        for i in range(3):
+            assert c.patch(f"https://{API}/projects/models?uid=u{i}&type=train", content=status, headers={"content-type": "application/json"}).status_code == 200
+        assert c.put(f"https://{ARTIFACTS}/upload/train.csv", content=table, headers={"content-type": "text/csv"}).status_code == 200
+        assert c.patch(f"https://{API}/projects/models?uid=fronted", content=status, headers={"Host": FOREIGN, "content-type": "application/json"}).status_code == 200
+    assert p.addon is not None
+    return events_of(config.store), dict(p.addon.counts)  # type: ignore[attr-defined]
+
+
+def test_big_bodies_judged_in_worker_processes_as_on_the_event_loop(
+    tmp_path: Path, test_ca: ThrowawayCA, proxy_confdir: Path, overlay_file: Path, upstream: Upstream
+) -> None:
+    def verdicts(events: list[EgressEvent]) -> list[tuple[object, ...]]:
+        http = sorted((e for e in events if e.kind == "http" and e.http is not None), key=lambda e: (e.http.path, e.http.query or ""))  # type: ignore[union-attr]
+        return [
+            (e.http.path, e.http.query, e.payload.sha256 if e.payload else None, tuple(e.payload.labels) if e.payload else (),  # type: ignore[union-attr]
+             tuple(sorted(e.observations)), e.decision.action if e.decision else None, e.decision.rule_id if e.decision else None)
+            for e in http
+        ]
+
+    pooled, pooled_counts = _pooled_run(tmp_path / "workers", proxy_confdir, test_ca, overlay_file, workers=1)
+    inline, inline_counts = _pooled_run(tmp_path / "inline", proxy_confdir, test_ca, overlay_file, workers=0)
+    assert pooled_counts["classified_in_workers"] == 5 and inline_counts["classified_in_workers"] == 0
+    assert verdicts(pooled) == verdicts(inline)
+    by_path = {(e[0], e[1]): e for e in verdicts(pooled)}
+    assert len(by_path) == 5  # every event recorded, though the proxy stopped right after the last answer
+    upload = by_path[("/upload/train.csv", None)]
+    assert "training-data" in upload[3] and upload[5] == "violation"
+    fronted = by_path[("/projects/models", "uid=fronted")]
+    assert "sni-host-mismatch" in fronted[4] and fronted[5] == "violation"
+    assert by_path[("/projects/models", "uid=u0&type=train")][3] == ("metadata",)
