@@ -479,7 +479,7 @@ def proxy(
     fingerprints: Annotated[Optional[Path], typer.Option("--fingerprints", help="Dataset fingerprints to look for (auditor fingerprint).")] = None,
     key_file: Annotated[Optional[Path], typer.Option("--key-file", help="The key the fingerprints were made with.")] = None,
     canaries: Annotated[Optional[Path], typer.Option("--canaries", help="Canary token list to look for (auditor canary).")] = None,
-    classify_workers: Annotated[Optional[int], typer.Option("--classify-workers", help="Audit mode: processes classifying bodies of 32 KiB and more off the event loop (default: cores - 1, at most 4; 0: none).")] = None,
+    classify_workers: Annotated[Optional[int], typer.Option("--classify-workers", help="Processes classifying held bodies of 32 KiB and more off the event loop (default: cores - 1, at most 4; 0: none).")] = None,
 ) -> None:
     """Run the proxy until SIGINT/SIGTERM; the store is flushed and a stop record chained on exit."""
     if ctx.invoked_subcommand is not None:

@@ -124,7 +124,7 @@ class AuditorAddon:
         loader.add_option("auditor_canaries", str, "", "Canary tokens (auditor canary) to look for in bodies.")
         loader.add_option("auditor_inventory", str, "", "Kubernetes inventory snapshot (auditor k8s snapshot) to attribute clients to pods and nodes.")
         loader.add_option("auditor_kubernetes", bool, False, "Watch pods and nodes live (in-cluster config or kubeconfig) to attribute clients.")
-        loader.add_option("auditor_classify_workers", int, default_workers(), "Audit mode: processes that classify bodies of 32 KiB and more off the event loop (0: classify every body on the event loop).")
+        loader.add_option("auditor_classify_workers", int, default_workers(), "Processes that classify held bodies of 32 KiB and more off the event loop (0: classify every body on the event loop).")
         loader.add_option("auditor_queue", int, 50_000, "Store writer queue size; overflow is chained as a drop count.")
         loader.add_option("auditor_nodelay", bool, True, "TCP_NODELAY on client and server sockets, and an immediate ACK of request headers (removes the ~40 ms Nagle/delayed-ACK stall of clients such as requests).")
 
@@ -171,8 +171,8 @@ class AuditorAddon:
         self._configure_pool(opts.auditor_classify_workers, ContextFiles(opts.auditor_fingerprints, opts.auditor_fingerprint_key, opts.auditor_canaries))
 
     def _configure_pool(self, workers: int, files: ContextFiles) -> None:
-        """Audit mode classifies big bodies in worker processes; enforce judges before forwarding, on the loop."""
-        key = (workers, files, self.cap) if self.mode == "audit" and workers > 0 else None
+        """Big bodies are classified in worker processes: audit records them later, enforce awaits the verdict."""
+        key = (workers, files, self.cap) if workers > 0 else None
         if key == self._pool_key:
             return
         self._close_pool()
@@ -183,6 +183,8 @@ class AuditorAddon:
     def _close_pool(self) -> None:
         """Record every flow still being classified, then stop the workers."""
         for flow, future in list(self._pooled.values()):
+            if self.mode == "enforce":  # `request` awaits its own verdict
+                continue
             try:
                 future.result()
             except Exception:  # `_finish_http` records the failure from the future itself
@@ -517,7 +519,7 @@ class AuditorAddon:
         self.counts["not_inspected"] += 1
         return self._block_response(event.decision, event.id, OVER_CAP_STATUS)
 
-    def request(self, flow: http.HTTPFlow) -> None:
+    async def request(self, flow: http.HTTPFlow) -> None:
         """Body complete (or streamed): classify and, in enforce mode, refuse a payload violation."""
         if flow.metadata.get("auditor_refused") or flow.response is not None:
             return
@@ -526,7 +528,12 @@ class AuditorAddon:
         if self.mode != "enforce":  # audit never changes traffic: forward first, classify right after
             self._later(self._prepare_event, flow)
             return
-        event = self._http_event(flow)
+        payload = None
+        if self._to_pool(flow):  # this flow waits for its verdict; the others keep moving
+            future = self._pooled[flow.id][1]
+            await asyncio.wrap_future(future)
+            payload = self._pool_result(flow)
+        event = self._http_event(flow, payload)
         flow.metadata["auditor_event"] = event
         if self.mode == "enforce" and event.decision is not None and event.decision.action == "violation":
             event.decision = self._refused(event.decision)
@@ -612,7 +619,7 @@ class AuditorAddon:
         return True
 
     def _pool_done(self, flow: http.HTTPFlow) -> None:
-        if flow.id not in self._pooled:  # shutdown already recorded it
+        if flow.id not in self._pooled or self.mode == "enforce":  # recorded at shutdown, or awaited by `request`
             return
         if flow.metadata.get("auditor_finish_wanted"):
             self._finish_http(flow)

@@ -3,7 +3,7 @@
 Classifying a 256 KB JSON body takes milliseconds of CPU; on the event loop that time
 stalls every other connection and caps the proxy at one core. In audit mode the traffic
 is forwarded first anyway, so a big body can be judged by another process while the
-proxy keeps moving bytes. Small bodies stay inline: handing them over costs more than
+proxy keeps moving bytes; in enforce mode only the request being judged waits. Small bodies stay inline: handing them over costs more than
 classifying them. Memory stays bounded: past `max_bytes` of bodies in flight, `submit`
 declines and the caller classifies inline, which slows the proxy down (back-pressure)
 instead of queueing without end.

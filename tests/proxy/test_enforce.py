@@ -122,6 +122,19 @@ def test_violation_past_the_inspect_cap_is_held_and_never_reaches_upstream(proxy
     assert event.payload is not None and event.payload.size == len(body)
 
 
+def test_violation_judged_in_a_worker_process_never_reaches_upstream(proxy: RunningProxy, upstream: Upstream) -> None:
+    body = _csv_leak(1500)
+    assert 32 * 1024 <= len(body) <= CAP  # held whole and handed to a classifier process
+    with _client(proxy) as c:
+        r = c.post(f"https://{API}/v1/logs/pooled-leak-marker", content=body, headers={"content-type": "text/csv"})
+        ok = c.patch(f"https://{API}/projects/models?uid=after-pooled&type=train", content=json.dumps({"uid": "after-pooled", "status": "active"}), headers={"content-type": "application/json"})
+    assert r.status_code == 403 and ok.status_code == 200
+    assert not any("pooled-leak-marker" in p for p in upstream.started)
+    [event] = _events(proxy.store, lambda e: e.http is not None and e.http.path == "/v1/logs/pooled-leak-marker")
+    assert event.decision is not None and event.decision.action == "violation" and event.decision.rule_id == r.json()["rule"]
+    assert event.payload is not None and event.payload.inspected and "training-data" in event.payload.labels
+
+
 def test_clean_body_past_the_inspect_cap_is_forwarded_whole(proxy: RunningProxy, upstream: Upstream) -> None:
     body = json.dumps({"uid": "held-ok", "status": "pending", "config": {"params": ["x" * 64] * 2000}}).encode()
     assert CAP < len(body) <= ENFORCE_CAP
