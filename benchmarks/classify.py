@@ -65,15 +65,17 @@ def bench_metadata(n: int) -> tuple[float, float, int]:
     size = sum(len(b) for _, _, b in bodies) // len(bodies)
     for method, path, b in bodies[:200]:
         classify(b, method=method, path=path, host="api.gretel.cloud", content_type="application/json")
-    t0 = time.perf_counter()
-    for method, path, b in bodies:
-        info = classify(b, method=method, path=path, host="api.gretel.cloud", content_type="application/json")
-        assert info.labels == ["metadata"], info.findings
-    ours = n / (time.perf_counter() - t0)
-    t0 = time.perf_counter()
-    for _, _, b in bodies:
-        json.loads(b)
-    ref = n / (time.perf_counter() - t0)
+    ours = ref = 0.0
+    for _ in range(3):  # best of 3 rounds each, interleaved: the machine is shared
+        t0 = time.perf_counter()
+        for method, path, b in bodies:
+            info = classify(b, method=method, path=path, host="api.gretel.cloud", content_type="application/json")
+            assert info.labels == ["metadata"], info.findings
+        ours = max(ours, n / (time.perf_counter() - t0))
+        t0 = time.perf_counter()
+        for _, _, b in bodies:
+            json.loads(b)
+        ref = max(ref, n / (time.perf_counter() - t0))
     return ours, ref, size
 
 
@@ -115,9 +117,11 @@ def bench_large(mb: int, cells: int, tmp: Path) -> tuple[float, float | None, in
     body = "".join(parts).encode()
     (tmp / "body.txt").write_bytes(body)
     limits = Limits(time_budget_s=600, max_decoded_bytes=64 << 20)
-    t0 = time.perf_counter()
-    info = classify(body, method="PUT", path="/upload/x", host="storage.example.com", content_type="text/plain", limits=limits, context=ctx)
-    ours_s = time.perf_counter() - t0
+    ours_s = float("inf")
+    for _ in range(3):  # best of 3: the machine is shared, and the first call also pays for page faults
+        t0 = time.perf_counter()
+        info = classify(body, method="PUT", path="/upload/x", host="storage.example.com", content_type="text/plain", limits=limits, context=ctx)
+        ours_s = min(ours_s, time.perf_counter() - t0)
     fp = next((f for f in info.findings if f.label == "fingerprint-match"), None)
     matched = fp.count if fp else 0
     ref_mbs = None

@@ -231,8 +231,17 @@ def media_type(content_type: str | None) -> tuple[str, dict[str, str]]:
     return head.strip().lower(), out
 
 
+_PRINTABLE_ASCII = bytes(range(0x20, 0x7F))  # what str.isprintable() takes as printable in ASCII
+
+
 def as_text(data: bytes) -> str | None:
     """UTF-8 text that is mostly printable, else None (binary)."""
+    if data.isascii():
+        # the same test on bytes: what is left once the printable bytes are deleted
+        odd = data[:4096].translate(None, _PRINTABLE_ASCII)
+        if odd and len(odd.translate(None, b"\n\r\t")) > min(len(data), 4096) // 50:
+            return None
+        return data.decode("ascii")
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError:
@@ -428,6 +437,8 @@ def maybe_encoded(text: str, min_len: int) -> bool:
     """False only when `encoded_runs` would certainly yield nothing: no run of the
     base64 alphabet that is long enough, carries a digit or mixes case, and is not a
     short hex id (ObjectIds, UUIDs, hashes)."""
+    if len(text) < min_len:
+        return False
     for r in long_runs(text, min_len):
         if _HAS_DIGIT_B.search(r) is None and (r.islower() or r.isupper()):
             continue

@@ -1,9 +1,10 @@
 """Detectors: what a piece of a body is, with a likelihood and where, never the value.
 
-Cheapest first: magic bytes, then one Aho-Corasick keyword pass that gates every
-credential, canary and report pattern, then the regexes the keywords woke up, then
-personal data and tabular shape. Each returns `DetectorFinding`s whose excerpt is
-redacted: a secret becomes its type and length, data becomes its shape.
+Cheapest first: magic bytes, then one multi-literal keyword pass (Hyperscan, ~1 GB/s)
+that gates every credential, canary and report pattern, then the regexes the keywords
+woke up, then personal data (behind one Hyperscan pass for its shapes) and tabular
+shape. Each returns `DetectorFinding`s whose excerpt is redacted: a secret becomes its
+type and length, data becomes its shape.
 """
 
 from __future__ import annotations
@@ -15,8 +16,10 @@ from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-import ahocorasick
+import hyperscan
+import numpy as np
 
+from auditor.classify.scan import database, scan
 from auditor.model import DetectorFinding
 from auditor.redact import SECRET_PATTERNS, secret_excerpt
 
@@ -225,29 +228,41 @@ for _k in _REPORT_KEYS:
     _KEYWORDS[_k] = ("report",)
 
 
-def _automaton() -> ahocorasick.Automaton:
-    a = ahocorasick.Automaton()
-    for word, detectors in _KEYWORDS.items():
-        a.add_word(word, (word, detectors))
-    a.make_automaton()
-    return a
+_KEYWORD_LIST: list[tuple[str, tuple[str, ...]]] = list(_KEYWORDS.items())
+_KEYWORD_DB = database([w.encode() for w, _ in _KEYWORD_LIST], literal=True)
 
 
-KEYWORDS = _automaton()
-
-
-Sighting = tuple[int, tuple[str, tuple[str, ...]]]  # (end offset, (keyword, detectors)) as KEYWORDS.iter yields
+Sighting = tuple[int, tuple[str, tuple[str, ...]]]  # (offset of the keyword's last character, (keyword, detectors))
 
 
 def keyword_hits(lowered: str, sightings: list[Sighting] | None = None) -> dict[str, set[str]]:
-    """One Aho-Corasick pass: detector name -> keywords seen. Empty for most metadata.
+    """One pass for every keyword: detector name -> keywords seen. Empty for most metadata.
     `sightings`, when given, receives every match with its offset (for `_spans`)."""
+    data = lowered.encode("utf-8", "surrogatepass")
+    found = scan(_KEYWORD_DB, data)
     hits: dict[str, set[str]] = {}
-    for found in KEYWORDS.iter(lowered):
-        if sightings is not None:
-            sightings.append(found)
-        for d in found[1][1]:
-            hits.setdefault(d, set()).add(found[1][0])
+    for pattern, _ in found:
+        word, detectors = _KEYWORD_LIST[pattern]
+        for d in detectors:
+            hits.setdefault(d, set()).add(word)
+    if sightings is not None and found:
+        ends = np.fromiter((end for _, end in found), dtype=np.int64, count=len(found)) - 1
+        if len(data) != len(lowered):
+            # byte offsets to character offsets: less the UTF-8 continuation bytes before each
+            u = np.frombuffer(data, dtype=np.uint8)
+            ends -= np.searchsorted(np.flatnonzero((u & 0xC0) == 0x80), ends)
+        sightings.extend((int(e), _KEYWORD_LIST[p]) for (p, _), e in zip(found, ends))
+    return hits
+
+
+def keyword_hits_among(lowered: str, words: set[str]) -> dict[str, set[str]]:
+    """`keyword_hits(lowered)` when only `words` can occur in it (it lies inside a text
+    whose keywords they are): a substring search per word instead of a pass."""
+    hits: dict[str, set[str]] = {}
+    for word in words:
+        if word in lowered:
+            for d in _KEYWORDS[word]:
+                hits.setdefault(d, set()).add(word)
     return hits
 
 
@@ -272,7 +287,10 @@ def _spans(text: str, sightings: list[Sighting] | None = None) -> dict[str, list
     """Merged windows around each keyword, per detector (only for big texts), from the
     gate's own pass when it kept its sightings, else from a second pass."""
     raw: dict[str, list[tuple[int, int]]] = {}
-    for end, (word, detectors) in sightings if sightings is not None else KEYWORDS.iter(text.lower()):
+    if sightings is None:
+        sightings = []
+        keyword_hits(text.lower(), sightings)
+    for end, (word, detectors) in sightings:
         for d in detectors:
             before, after = _SPAN.get(d, (128, 512))
             raw.setdefault(d, []).append((max(0, end - len(word) - before), end + after))
@@ -421,20 +439,36 @@ _SHAPE = bytes(ord(_SHAPE_MAP.get(chr(b), chr(b))) if b < 128 else b for b in ra
 # what every digit-led and upper-case-led pattern below needs, with separators folded to "-"
 _DIGIT_SHAPES = (b"000-00-0000", b"000-000-0000", b"000)000-0000", b"000)-000-0000", b"0000-0000-0000", b"0000-000000-00000", b"00000000000", b"+0")
 _UPPER_SHAPES = (b"AA00", b"AA-00", b"A000000", b"A-00-")
-_UPPER_SHAPES_RE = re.compile(b"A(?:" + b"|".join(re.escape(s[1:]) for s in _UPPER_SHAPES) + b")")  # one pass, not four
+_OPENINGS = _UPPER_SHAPES[:2]  # how every _UPPER_CAND match opens, shaped
 
 
-def _pii_shapes(text: str) -> tuple[bool, bool]:
-    """Whether digit-led and upper-case-led personal data can be present at all: one
-    C-level bytes translate and a few substring searches, far cheaper than the regexes.
-    The shapes are ASCII, so the UTF-8 bytes hold one exactly when the text does."""
-    return _flags(text.encode("utf-8", "surrogatepass").translate(_SHAPE))
+def _shape_regex(shape: bytes) -> bytes:
+    """A shape (in _SHAPE's folded alphabet) as a regex over the unfolded bytes: each
+    folded character becomes the class of every ASCII byte _SHAPE folds into it."""
+    out = b""
+    for c in shape:
+        members = [b for b in range(128) if _SHAPE[b] == c]
+        out += b"[" + b"".join(b"\\x%02x" % m for m in members) + b"]"
+    return out
 
 
-def _flags(t: bytes) -> tuple[bool, bool]:
-    d1, d2, d3, d4, d5, d6, d7, d8 = _DIGIT_SHAPES
-    digits = d1 in t or d2 in t or d3 in t or d4 in t or d5 in t or d6 in t or d7 in t or d8 in t
-    return digits, _UPPER_SHAPES_RE.search(t) is not None
+_SHAPES = _DIGIT_SHAPES + _UPPER_SHAPES
+# every opening is reported (they are where upper-case ids can start); the rest once
+_SHAPE_DB = database(
+    [_shape_regex(s) for s in _SHAPES], literal=False, flags=[0 if s in _OPENINGS else hyperscan.HS_FLAG_SINGLEMATCH for s in _SHAPES]
+)
+
+
+def _shapes(data: bytes) -> tuple[bool, bool, list[int]]:
+    """Whether digit-led and upper-case-led personal data can be present at all (whether
+    the text, folded by _SHAPE, holds one of the shapes), and the byte offset of every
+    opening of an upper-case id: one Hyperscan pass over the unfolded UTF-8 bytes (the
+    shapes are ASCII, so the bytes hold one exactly when the text does), far cheaper than
+    the regexes."""
+    found = scan(_SHAPE_DB, data)
+    first_upper = len(_DIGIT_SHAPES)
+    openings = [end - len(_SHAPES[p]) for p, end in found if _SHAPES[p] in _OPENINGS]
+    return any(p < first_upper for p, _ in found), any(p >= first_upper for p, _ in found), openings
 
 
 def pii_hits(text: str) -> list[PiiHit]:
@@ -452,8 +486,8 @@ def pii_hits(text: str) -> list[PiiHit]:
             out.append(PiiHit("email", m.start(), m.group(0)))
             last = m.end()
         at = text.find("@", max(at + 1, last))
-    shaped = text.encode("utf-8", "surrogatepass").translate(_SHAPE)
-    digits, upper = _flags(shaped)
+    data = text.encode("utf-8", "surrogatepass")
+    digits, upper, openings = _shapes(data)
     for c in _DIGIT_CAND.finditer(text) if digits else ():
         cand = c.group(0)
         if len(cand) - len(cand.translate(_NO_DIGITS)) < 9:
@@ -472,7 +506,7 @@ def pii_hits(text: str) -> list[PiiHit]:
         for m in _PHONE.finditer(text, a, b):
             if m.start() not in found:
                 out.append(PiiHit("phone", m.start(), m.group(0)))
-    for c in _upper_candidates(text, shaped) if upper else ():
+    for c in _upper_candidates(text, openings if len(data) == len(text) else None) if upper else ():
         a, b = c.start(), c.end()
         for m in _NINO.finditer(text, a, min(len(text), b + 1)):
             out.append(PiiHit("nino", m.start(), m.group(0)))
@@ -482,20 +516,16 @@ def pii_hits(text: str) -> list[PiiHit]:
     return out
 
 
-def _upper_candidates(text: str, shaped: bytes) -> Iterable[re.Match[str]]:
+def _upper_candidates(text: str, openings: list[int] | None) -> Iterable[re.Match[str]]:
     """_UPPER_CAND.finditer(text), visiting only where a match can start: every match opens
-    with two capitals, an optional space and two digits, shaped "AA00" or "AA-00". In ASCII
-    text the shaped bytes share the text's offsets, so trying the pattern at those places
-    in order, past the previous match, yields exactly the matches finditer yields."""
-    if len(shaped) != len(text):
+    with two capitals, an optional space and two digits, shaped "AA00" or "AA-00"; the
+    shape pass found each such opening. In ASCII text the bytes share the text's offsets,
+    so trying the pattern at those places in order, past the previous match, yields
+    exactly the matches finditer yields. None (not ASCII): finditer itself."""
+    if openings is None:
         yield from _UPPER_CAND.finditer(text)
         return
-    starts: set[int] = set()
-    for needle in (b"AA00", b"AA-00"):
-        i = shaped.find(needle)
-        while i != -1:
-            starts.add(i)
-            i = shaped.find(needle, i + 1)
+    starts = set(openings)
     last = 0
     for p in sorted(starts):
         if p < last:
@@ -511,19 +541,69 @@ def _upper_candidates(text: str, shaped: bytes) -> Iterable[re.Match[str]]:
 _DELIMS = (",", "\t", ";", "|")
 
 
+_CSV_BY_LINES = 64 * 1024  # from this size (ASCII), lines are counted by numpy
+
+
 def csv_block(text: str, min_rows: int = 3) -> tuple[int, int, int, str] | None:
     """The first run of >= min_rows consecutive lines with the same number (>= 2) of one
     delimiter: (offset, rows, columns, delimiter). Traceback frames do not count."""
     if text.count("\n") < min_rows - 1:
         return None
+    if len(text) >= _CSV_BY_LINES and text.isascii():
+        return _csv_block_counted(text, min_rows)
+    return _csv_block_walked(text, min_rows)
+
+
+def _csv_cols(line: str, delim: str) -> int:
+    stripped = line.strip()
+    return stripped.count(delim) if stripped and not stripped.startswith(("File \"", "at ", "Traceback")) else 0
+
+
+def _csv_block_counted(text: str, min_rows: int) -> tuple[int, int, int, str] | None:
+    """`_csv_block_walked` for a big ASCII text: numpy counts each delimiter per line, and
+    only lines holding two or more (the only ones that can be in a block) are looked at."""
+    u = np.frombuffer(text.encode("ascii"), dtype=np.uint8)
+    ends = np.append(np.flatnonzero(u == 0x0A), len(u))  # line k is text[starts[k]:ends[k]]
+    starts = np.concatenate(([0], ends[:-1] + 1))
+    for delim in _DELIMS:
+        if delim not in text:
+            continue
+        counts = np.bincount(np.searchsorted(ends, np.flatnonzero(u == ord(delim))), minlength=len(ends))
+        run_start, run_len, run_cols, prev = 0, 0, -1, -2
+        for k in np.flatnonzero(counts >= 2).tolist():
+            if k != prev + 1:
+                run_len, run_cols = 0, -1  # the lines between had fewer than two
+            prev = k
+            a, b = int(starts[k]), int(ends[k])
+            cols = _csv_cols(text[a:b], delim)
+            if cols >= 2 and cols == run_cols:
+                run_len += 1
+            elif cols >= 2:
+                run_start, run_len, run_cols = a, 1, cols
+            else:
+                run_len, run_cols = 0, -1
+            if run_len >= min_rows:
+                rows = run_len
+                if delim == "\t":  # strip() can take tabs off the ends: count the stripped lines
+                    for extra in text[b + 1 :].split("\n"):
+                        if extra.strip().count(delim) != run_cols:
+                            break
+                        rows += 1
+                else:
+                    differ = np.flatnonzero(counts[k + 1 :] != run_cols)
+                    rows += int(differ[0]) if len(differ) else len(counts) - k - 1
+                return run_start, rows, run_cols + 1, delim
+    return None
+
+
+def _csv_block_walked(text: str, min_rows: int) -> tuple[int, int, int, str] | None:
     offset = 0
     for delim in _DELIMS:
         if delim not in text:
             continue
         run_start, run_len, run_cols, pos = 0, 0, -1, 0
         for line in text.split("\n"):
-            stripped = line.strip()
-            cols = stripped.count(delim) if stripped and not stripped.startswith(("File \"", "at ", "Traceback")) else 0
+            cols = _csv_cols(line, delim)
             if cols >= 2 and cols == run_cols:
                 run_len += 1
             elif cols >= 2:

@@ -318,6 +318,40 @@ class FieldSpec:
     opaque: bool
     config: bool
     model: type[Body] | None  # nested model (also for list[Model])
+    # value classes that surely validate (a list or dict further by its items); None: ask pydantic
+    accepts: frozenset[type] | None = None
+    literals: frozenset[str] = frozenset()  # strings that surely validate (a Literal field)
+
+
+def _accepts(annotation: Any) -> tuple[frozenset[type], frozenset[str]] | None:
+    """What surely validates against an annotation, judged by a value's exact class: str
+    for str, int for int (not bool), a dict for a model or dict[str, Any], a list for a
+    list of models (whose items the walk checks as models), a listed string for a
+    Literal. None when the annotation is anything else: then pydantic decides."""
+    origin = typing.get_origin(annotation)
+    if annotation in (str, int, bool, type(None)):
+        return frozenset({annotation}), frozenset()
+    if isinstance(annotation, type) and issubclass(annotation, Body):
+        return frozenset({dict}), frozenset()
+    if origin is Literal:
+        args = typing.get_args(annotation)
+        return (frozenset(), frozenset(args)) if all(isinstance(a, str) for a in args) else None
+    if origin is dict and typing.get_args(annotation) == (str, Any):
+        return frozenset({dict}), frozenset()
+    if origin is list:
+        (item,) = typing.get_args(annotation)
+        return (frozenset({list}), frozenset()) if isinstance(item, type) and issubclass(item, Body) else None
+    if origin in (Union, types.UnionType):
+        classes: set[type] = set()
+        literals: set[str] = set()
+        for arg in typing.get_args(annotation):
+            part = _accepts(arg)
+            if part is None:
+                return None
+            classes |= part[0]
+            literals |= part[1]
+        return frozenset(classes), frozenset(literals)
+    return None
 
 
 def _nested(annotation: Any) -> type[Body] | None:
@@ -344,12 +378,15 @@ def specs(model: type[Body]) -> dict[str, FieldSpec]:
     for name, info in model.model_fields.items():
         extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
         kinds = extra.get("kinds") or []
+        sure = _accepts(info.annotation)
         out[name] = FieldSpec(
             kinds=tuple(str(k) for k in kinds) if isinstance(kinds, list) else (),
             free_text=bool(extra.get("free_text")),
             opaque=bool(extra.get("opaque")),
             config=bool(extra.get("config")),
             model=_nested(info.annotation),
+            accepts=sure[0] if sure is not None else None,
+            literals=sure[1] if sure is not None else frozenset(),
         )
     _SPECS[model] = out
     return out

@@ -20,7 +20,7 @@ import zstandard
 from auditor.classify import detectors as det
 from auditor.classify.decode import Budget, LimitExceeded, Limits, Undecodable, _check_ratio, as_text, compression_of, is_tar, is_zip
 from auditor.classify.engine import VIOLATION_LABELS, ClassifyContext, _Gate, _Run, classify
-from auditor.classify.fingerprint import candidates
+from auditor.classify.fingerprint import cells_of
 from auditor.classify.fingerprint import match as fp_match
 from auditor.classify.routes import is_gretel_host, match
 from auditor.model import PayloadInfo
@@ -217,7 +217,7 @@ class IncrementalScanner:
         if len(text) >= self.limits.min_embedded:
             run.embedded(text, path, 0)
         if self.context.fingerprints is not None:
-            m = fp_match(self.context.fingerprints, [(path, candidates(text))])
+            m = fp_match(self.context.fingerprints, [(path, cells_of(text))])
             if m:
                 self._rows += m.rows
                 self._fp_cells += m.cells

@@ -1,0 +1,38 @@
+"""Hyperscan block-mode databases and scans, shared by the detectors and the decoder.
+
+One pass over a text reports every pattern of a database at C speed (~1 GB/s for
+literals), where one Python regex or substring search per pattern would each walk the
+text again. A scratch space serves one scan at a time, so each thread keeps its own.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import hyperscan
+
+_SCRATCH = threading.local()
+
+
+def database(expressions: list[bytes], *, literal: bool, flags: int | list[int] = 0) -> hyperscan.Database:
+    """A block-mode database whose pattern ids are the expressions' indices."""
+    db = hyperscan.Database(mode=hyperscan.HS_MODE_BLOCK)
+    db.compile(expressions=expressions, ids=list(range(len(expressions))), elements=len(expressions), flags=flags, literal=literal)
+    return db
+
+
+def scan(db: hyperscan.Database, data: bytes) -> list[tuple[int, int]]:
+    """Every (pattern id, end offset) of `db` in `data`, in order of end offset."""
+    spaces: dict[int, hyperscan.Scratch] | None = getattr(_SCRATCH, "spaces", None)
+    if spaces is None:
+        spaces = _SCRATCH.spaces = {}
+    scratch = spaces.get(id(db))
+    if scratch is None:
+        scratch = spaces[id(db)] = hyperscan.Scratch(db)
+    found: list[tuple[int, int]] = []
+    db.scan(data, match_event_handler=_collect, context=found, scratch=scratch)
+    return found
+
+
+def _collect(pattern: int, start: int, end: int, flags: int, found: list[tuple[int, int]]) -> None:
+    found.append((pattern, end))
