@@ -141,15 +141,15 @@ def rate_engine(path: Path) -> tuple[int, float, float]:
     """The probe's reader and engine alone, in process, no policy, no store."""
     from auditor.probe.capture import FileCapture
     from auditor.probe.engine import Probe
+    from auditor.probe.runner import feed_file
 
     probe = Probe()
     thresholds = gc.get_threshold()
     gc.set_threshold(50_000, 20, 100)  # as the runner does
     w, c = time.perf_counter(), time.process_time()
     with FileCapture(path) as cap:
-        frames = cap.frames()
-        while probe.feed(frames, 1024):
-            pass
+        for _ in feed_file(probe, cap):
+            probe.out.clear()  # as the runner hands them on
     probe.finish()
     out = (probe.packets, time.perf_counter() - w, time.process_time() - c)
     gc.set_threshold(*thresholds)

@@ -34,7 +34,7 @@ FRAGMENT = -1  # a non-first IP fragment: no transport header to read
 
 FIN, SYN, RST, PSH, ACK = 0x01, 0x02, 0x04, 0x08, 0x10
 
-_VLAN = (0x8100, 0x88A8, 0x9100)
+VLAN_TYPES = (0x8100, 0x88A8, 0x9100)  # 802.1Q, 802.1ad, the old QinQ tag
 _V6_EXT = frozenset({0, 43, 44, 51, 60, 135, 139, 140})
 _PORTS_SEQ = Struct("!HHI").unpack_from
 _U16 = Struct("!H").unpack_from
@@ -101,7 +101,7 @@ def decode(linktype: int, data: bytes) -> tuple[int, bytes, int, int, int, int, 
     else:
         raise Malformed(f"linktype-{linktype}")
     depth = 0
-    while et in _VLAN:
+    while et in VLAN_TYPES:
         if off + 4 > n or depth > 4:
             raise Malformed("vlan-truncated")
         et = (data[off + 2] << 8) | data[off + 3]

@@ -1,9 +1,14 @@
 """The probe's engine: frames in, EgressEvents out.
 
-One class keeps the hot path in one place (a bulk TCP segment is a header
-decode, one dict lookup and four counter updates); everything slower happens
-once per flow or once per lookup. The engine records facts and observations
-only: judging is the policy's job, storing is the runner's.
+One class keeps the hot path in one place. Live, frame by frame (`feed`): a bulk
+TCP segment is a header decode, one dict lookup and four counter updates. From a
+pcap file, block by block (`feed_block`): numpy reads every record's headers at
+once (`batch`), and the TCP segments of a flow with nothing left to inspect are
+counted per flow and block in one step, while everything else still goes through
+the per-packet path in capture order; tests/probe/test_batch.py holds the two
+paths to the same events. Everything slower happens once per flow or once per
+lookup. The engine records facts and observations only: judging is the policy's
+job, storing is the runner's.
 """
 
 from __future__ import annotations
@@ -14,14 +19,18 @@ import socket
 from collections import Counter, OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass
+from heapq import heapify, heappop, heapreplace
 from itertools import islice
 from datetime import UTC, datetime, timedelta
 from urllib.parse import urlsplit
 
+import numpy as np
 from pydantic import BaseModel, Field, field_validator
 
 from auditor.model import DnsInfo, EgressEvent, FlowInfo, HttpInfo, Source, Destination
 from auditor.probe import dissect as dx
+from auditor.probe.batch import BARRIER, BULK, Headers, read_headers, segments
+from auditor.probe.capture import Records
 from auditor.probe.dissect import (
     ACK,
     FIN,
@@ -62,6 +71,14 @@ from auditor.redact import redact_query
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _S = 1_000_000
 MAX_STREAM = 65536
+_BATCH_MIN = 32  # fewer records than this: numpy's fixed cost outweighs the per-packet loop
+_MAX_SWEEPS_PER_BLOCK = 16
+
+
+def _first_at_or_after(ts: np.ndarray, start: int, due: int) -> int:
+    """The first record from `start` on whose time reaches `due` (a sweep), else len(ts)."""
+    hit = np.flatnonzero(ts[start:] >= due)
+    return start + int(hit[0]) if len(hit) else len(ts)
 
 
 def when(time_us: int) -> datetime:
@@ -169,6 +186,7 @@ class Probe:
             self.proxies.add((host.strip("[]"), int(port)))
         self.packets = 0
         self.bytes = 0
+        self.bulk = 0  # packets the batched path counted per flow without a look of their own
         self.non_ip = 0
         self.fragments = 0
         self.other: Counter[int] = Counter()
@@ -218,9 +236,11 @@ class Probe:
                     entry = keys.get((6, data[off + 12 : l4], (data[l4] << 8) | data[l4 + 1], (data[l4 + 2] << 8) | data[l4 + 3]))
                     if entry is not None:
                         flow = entry[0]
-                        total = (data[off + 2] << 8) | data[off + 3]
-                        plen = total - 20 - ((data[l4 + 12] >> 4) << 2)
-                        if (not flow.insp or plen == 0) and not data[l4 + 13] & 7 and total and not (data[off + 6] & 0x3F or data[off + 7]):
+                        doff = (data[l4 + 12] >> 4) << 2
+                        plen = ((data[off + 2] << 8) | data[off + 3]) - 20 - doff
+                        # The slow path would read this packet the same way: no SYN/FIN/RST,
+                        # not a fragment, header lengths that fit (else it is counted malformed).
+                        if (not flow.insp or plen == 0) and not data[l4 + 13] & 7 and doff >= 20 and plen >= 0 and not (data[off + 6] & 0x3F or data[off + 7]):
                             side = entry[1]
                             flow.last = ts
                             flow.pk[side] += 1
@@ -230,6 +250,136 @@ class Probe:
         self.packets += n
         self.bytes += nbytes
         return n
+
+    def feed_block(self, block: Records) -> int:
+        """A block of pcap records (`FileCapture.blocks`); returns how many were read.
+
+        The same result as `feed` over the block's frames, event for event: numpy sorts
+        the records (`batch.read_headers`); whatever `feed` would send to the slow path
+        still goes there, one packet at a time in capture order; TCP segments of a flow
+        with nothing left to inspect are counted per flow in one step. Sweeps (`tick`)
+        and records whose flow a block cannot key (VLAN, IP options) cut the block, so
+        nothing reads a flow's counters while a bulk count is ahead of capture order.
+        """
+        n = len(block.offsets)
+        h = read_headers(block) if n >= _BATCH_MIN else None
+        if h is None:
+            return self.feed(block.frames(), n)
+        cuts = np.flatnonzero(h.cls == BARRIER).tolist()
+        if len(cuts) * 8 > n:
+            return self.feed(block.frames(), n)  # mostly tagged or optioned: the per-packet path is as fast
+        ts = h.ts
+        start = 0
+        ticks = 0
+        tick_at = _first_at_or_after(ts, 0, self._next_sweep)
+        cut = 0
+        while start < n:
+            while cut < len(cuts) and cuts[cut] < start:
+                cut += 1
+            stop = min(tick_at, cuts[cut] if cut < len(cuts) else n)
+            if stop - start >= _BATCH_MIN and len(self.table) + stop - start < self.config.max_flows:
+                self._bulk(block, h, start, stop)  # no record in it can fill the table (an early flush reads counters)
+            elif stop > start:
+                self.feed(block.frames(start, stop), stop - start)
+            if stop >= n:
+                break
+            sweep = self._next_sweep
+            self.feed(block.frames(stop, stop + 1), 1)  # a sweep is due, or a record a block cannot key
+            start = stop + 1
+            if self._next_sweep != sweep:
+                ticks += 1
+                if ticks > _MAX_SWEEPS_PER_BLOCK:  # a sparse capture: a sweep every few packets
+                    self.feed(block.frames(start), n - start)
+                    break
+            if start >= tick_at:
+                tick_at = _first_at_or_after(ts, start, self._next_sweep)
+        return n
+
+    def _bulk(self, block: Records, h: Headers, a: int, b: int) -> None:
+        """Records `a` to `b` of a block, with no sweep due and every record keyed.
+
+        Non-BULK records go to the slow path in order. A segment (a run of one flow's
+        BULK records with none of its KEYED ones between) is looked at when capture order
+        reaches its head: if the flow has nothing to inspect, the whole rest of the
+        segment is counted at once (nothing but the flow's own later records, which come
+        after the segment, reads those counters); otherwise the head takes the per-packet
+        decision and the next record becomes the head.
+        """
+        self.packets += b - a
+        self.bytes += int(h.wirelen[a:b].sum())
+        data, linktype, slow, keys = block.data, block.linktype, self._slow, self._keys
+        cls = h.cls[a:b]
+        other = np.flatnonzero(cls != BULK) + a
+        o_ts = h.ts[other].tolist()
+        o_start = h.start[other].tolist()
+        o_end = (h.start[other] + h.caplen[other]).tolist()
+        o_pos = other.tolist()
+        seg = segments(h, a, b)
+        if seg is None:
+            for i in range(len(o_pos)):
+                slow(o_ts[i], linktype, data[o_start[i] : o_end[i]])
+            return
+        heads, ends = seg.head, seg.end
+        count_rev, bytes_all, bytes_rev, e_ts = seg.count_rev, seg.bytes_all, seg.bytes_rev, seg.e_ts
+        back = h.ip + 12  # from the IPv4 source address back to the start of the frame
+
+        def count(flow: Flow, side: int, c: int, e: int, rev: bool) -> None:
+            """Entries c..e of a segment onto the flow, by direction; `rev`: entry c's direction."""
+            n_rev = count_rev.item(e) - count_rev.item(c)
+            b_rev = bytes_rev.item(e) - bytes_rev.item(c)
+            n_fwd = e - c - n_rev
+            b_fwd = bytes_all.item(e) - bytes_all.item(c) - b_rev
+            if rev:
+                n_fwd, n_rev, b_fwd, b_rev = n_rev, n_fwd, b_rev, b_fwd
+            flow.pk[side] += n_fwd
+            flow.by[side] += b_fwd
+            flow.pk[1 - side] += n_rev
+            flow.by[1 - side] += b_rev
+            flow.last = e_ts.item(e - 1)
+            self.bulk += e - c
+
+        heap: list[tuple[int, int, int]] = []  # (record, segment, entry): the next record of each open segment
+        for i, x in enumerate(seg.addrs):
+            if seg.fresh[i]:  # nothing of this flow comes before it here: its state is as it is now
+                entry = keys.get((6, data[x : x + 8], seg.sport[i], seg.dport[i]))
+                if entry is not None and not entry[0].insp:
+                    count(entry[0], entry[1], heads[i], ends[i], seg.rev[i])
+                    continue
+            heap.append((seg.pos[i], i, heads[i]))
+        heapify(heap)
+        j = 0
+        n_other = len(o_pos)
+        while heap:
+            p, i, c = heap[0]
+            while j < n_other and o_pos[j] < p:
+                slow(o_ts[j], linktype, data[o_start[j] : o_end[j]])
+                j += 1
+            if c == heads[i]:
+                x, sport, dport, plen, rev, t = seg.addrs[i], seg.sport[i], seg.dport[i], seg.plen[i], seg.rev[i], seg.ts[i]
+            else:  # walking a segment whose flow is still being inspected
+                x, sport, dport = seg.e_addrs.item(c), seg.e_sport.item(c), seg.e_dport.item(c)
+                plen, rev, t = seg.e_plen.item(c), seg.e_rev.item(c), e_ts.item(c)
+            entry = keys.get((6, data[x : x + 8], sport, dport))
+            if entry is not None:
+                flow, side = entry
+                if not flow.insp:
+                    count(flow, side, c, ends[i], rev)
+                    heappop(heap)
+                    continue
+                if plen == 0:
+                    flow.last = t
+                    flow.pk[side] += 1
+                else:
+                    slow(t, linktype, data[x - back : x - back + int(h.caplen[p])])
+            else:
+                slow(t, linktype, data[x - back : x - back + int(h.caplen[p])])
+            if c + 1 < ends[i]:
+                heapreplace(heap, (seg.e_pos.item(c + 1), i, c + 1))
+            else:
+                heappop(heap)
+        while j < n_other:
+            slow(o_ts[j], linktype, data[o_start[j] : o_end[j]])
+            j += 1
 
     def _slow(self, ts: int, linktype: int, data: bytes) -> None:
         """Everything the fast path does not take: full decode, new flows, payloads."""

@@ -16,7 +16,7 @@ import resource
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -25,7 +25,7 @@ from pydantic import BaseModel, Field, ValidationError
 from rich.table import Table
 
 from auditor.errors import AuditorError
-from auditor.model import EgressEvent, sensor_event
+from auditor.model import Decision, EgressEvent, sensor_event
 from auditor.probe.capture import DEFAULT_BPF, CaptureStats, FileCapture, LiveCapture
 from auditor.probe.coverage import ProxyIndex, mark_bypass
 from auditor.probe.engine import Probe, ProbeConfig, ProbeStats, when
@@ -148,27 +148,44 @@ class _Session:
         )
 
     def submit(self, ev: EgressEvent) -> None:
-        if self.inventory is not None and ev.kind != "sensor":
-            from auditor.k8s.attribute import attribute  # noqa: PLC0415
+        self.submit_all((ev,))
 
-            ev = attribute(ev, self.inventory)  # the pod or node that held the address then: the policy needs the scope
-        if self.pack is not None and ev.kind != "sensor":
-            from auditor.rules import evaluate  # noqa: PLC0415 - the policy is optional for raw capture
+    def submit_all(self, events: Iterable[EgressEvent]) -> None:
+        """Attribute (the pod or node that held the address then: the policy needs the scope),
+        judge, and hand on. In bursts: this runs once per event of a busy capture."""
+        inventory, pack = self.inventory, self.pack
+        attribute: Callable[[EgressEvent, Inventory], EgressEvent] | None = None
+        evaluate: Callable[[EgressEvent, Pack], Decision | None] | None = None
+        if inventory is not None:
+            from auditor.k8s import attribute as k8s_attribute  # noqa: PLC0415
 
-            ev.decision = evaluate(ev, self.pack)
-        self.summary.events_submitted += 1
-        if self.writer is not None:
-            self.writer.submit(ev)
-        if self._sink is not None:
-            self._sink(ev)
+            attribute = k8s_attribute.attribute
+        if pack is not None:
+            from auditor.rules import policy  # noqa: PLC0415 - the policy is optional for raw capture
+
+            evaluate = policy.evaluate
+        hand_on = self.writer.submit if self.writer is not None else None
+        sink = self._sink
+        n = 0
+        for ev in events:
+            if ev.kind != "sensor":
+                if attribute is not None and inventory is not None:
+                    ev = attribute(ev, inventory)
+                if evaluate is not None and pack is not None:
+                    ev.decision = evaluate(ev, pack)
+            if hand_on is not None:
+                hand_on(ev)
+            if sink is not None:
+                sink(ev)
+            n += 1
+        self.summary.events_submitted += n
 
     def pump(self, now_us: int | None, *, final: bool = False, backpressure: bool = False) -> None:
         """Move what the engine produced on; decide held flows once the proxy had time to record them."""
         probe = self.probe
         if probe.out:
             out, probe.out = probe.out, []
-            for ev in out:
-                self.submit(ev)
+            self.submit_all(out)
         if probe.held:
             if final:
                 ready, probe.held = probe.held, []
@@ -183,7 +200,7 @@ class _Session:
                 self.summary.bypass += n
                 for ev in ready:
                     probe.obs_counts.update(ev.observations)  # held events were not counted when built
-                    self.submit(ev)
+                self.submit_all(ready)
         if backpressure and self.writer is not None:
             while self.summary.events_submitted - self.writer.written - self.writer.dropped > MAX_BACKLOG:
                 time.sleep(0.005)
@@ -262,6 +279,19 @@ class _Session:
         return s
 
 
+def feed_file(probe: Probe, cap: FileCapture) -> Iterator[int]:
+    """Read the whole capture into the probe, yielding the packets read after each step
+    so the caller can move events on: pcap files in blocks through the batched path,
+    pcapng frame by frame."""
+    if cap.format == "pcap":
+        for block in cap.blocks():
+            yield probe.feed_block(block)
+        return
+    frames = cap.frames()
+    while n := probe.feed(frames, 1024):
+        yield n
+
+
 def run_pcap(
     path: str | Path,
     store_url: str | None,
@@ -283,8 +313,7 @@ def run_pcap(
     probe = session.probe
     next_tick = time.monotonic() + TICK_SECONDS
     try:
-        frames = cap.frames()
-        while probe.feed(frames, 1024):
+        for _ in feed_file(probe, cap):
             session.pump(probe.now_us, backpressure=True)
             if stop is not None and stop.is_set():
                 session.summary.problem = "stopped before the end of the file"

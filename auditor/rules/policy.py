@@ -27,7 +27,7 @@ _CACHE_LIMIT = 50_000
 _PER_PLAN_LIMIT = 1_000
 
 
-def _names(event: EgressEvent) -> list[str]:
+def _given_names(event: EgressEvent) -> list[str]:
     """Every name the destination went by, in the order a reviewer reads them, without repeats."""
     d = event.destination
     names: list[str] = []
@@ -36,8 +36,14 @@ def _names(event: EgressEvent) -> list[str]:
             host = split_host_port(raw)[0]
             if host and host not in names:
                 names.append(host)
-    if not names and d.ip:
-        names.append(d.ip)
+    return names
+
+
+def _names(event: EgressEvent) -> list[str]:
+    """The names the destination went by, else its address."""
+    names = _given_names(event)
+    if not names and event.destination.ip:
+        names.append(event.destination.ip)
     return names
 
 
@@ -211,8 +217,11 @@ def evaluate(event: EgressEvent, pack: Pack) -> Decision | None:
     else:
         direction, resolved = flow.direction, flow.resolved_name
     source = event.source
+    # A destination that went by a name is judged by its names, not its address, so one
+    # plan serves every address behind the name (CDNs; the probe sees one IP per connection).
+    named = kind != "dns" and direction != "inbound" and bool(d.host or d.sni or d.http_host or resolved)
     key = (
-        kind, d.host, d.sni, d.http_host, d.ip, d.port, d.tls, d.transport, source.scope,
+        kind, d.host, d.sni, d.http_host, None if named else d.ip, d.port, d.tls, d.transport, source.scope,
         None if http is None else http.method, None if http is None else http.scheme,
         direction, resolved,
         event.dns.qname if kind == "dns" and event.dns is not None else None,
@@ -222,11 +231,15 @@ def evaluate(event: EgressEvent, pack: Pack) -> Decision | None:
     cache = pack.cache
     plan = cache.get(key)
     if plan is None:
-        plan = _plan(event, pack, direction)
-        if plan.cacheable:
-            if len(cache) > _CACHE_LIMIT:
-                cache.clear()
-            cache[key] = plan
+        if named and not _given_names(event):  # only junk where the names go (":443"): the address decides
+            key = (*key[:4], d.ip, *key[5:])
+            plan = cache.get(key)
+        if plan is None:
+            plan = _plan(event, pack, direction)
+            if plan.cacheable:
+                if len(cache) > _CACHE_LIMIT:
+                    cache.clear()
+                cache[key] = plan
     # Hits beyond the plan's: path checks, buckets, observations, the body. Most events add none
     # or a cached tuple, so the decision comes from the plan's own small cache.
     extra: list[Hit] | tuple[Hit, ...] = _NO_HITS

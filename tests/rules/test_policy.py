@@ -362,6 +362,28 @@ def test_caches_never_change_an_answer(batch: list[EgressEvent]) -> None:
         assert evaluate(event, _SHIPPED) == evaluate(event, _FRESH)
 
 
+def test_one_plan_serves_every_address_behind_a_name_but_junk_names_fall_back_to_the_address() -> None:
+    """The plan cache keys a named destination without its address; where the names are
+    junk the address decides, and a warm cache must not hand one address's answer to another."""
+    warm = load_pack()
+
+    def flow(host: str | None, ip: str, sni: str | None = None) -> EgressEvent:
+        return EgressEvent(
+            sensor_id="probe", kind="flow", source=POD,
+            destination=Destination(host=host, sni=sni, ip=ip, port=443, tls=True), flow=FlowInfo(direction="egress"),
+        )
+
+    for ip in ("34.1.2.3", "34.1.2.4", "198.51.100.7"):
+        event = flow("api.gretel.cloud", ip, "api.gretel.cloud")
+        _FRESH.cache.clear()
+        assert evaluate(event, warm) == evaluate(event, _FRESH)
+        assert evaluate(event, warm).action == "allowed"
+    first, second = flow(":443", "198.51.100.7"), flow(":443", "198.51.100.8")
+    for _ in range(2):
+        assert any("198.51.100.7" in r for r in evaluate(first, warm).reasons)
+        assert any("198.51.100.8" in r for r in evaluate(second, warm).reasons)
+
+
 _JUNK = st.text(max_size=40)
 
 
