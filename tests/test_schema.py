@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import typing
+import uuid
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
@@ -12,7 +13,7 @@ from hypothesis import strategies as st
 from pydantic import BaseModel, ValidationError
 
 from auditor import model
-from auditor.model import Destination, EgressEvent, HttpInfo
+from auditor.model import Destination, EgressEvent, HttpInfo, new_id
 from auditor.store.chain import canonical_json
 
 
@@ -63,3 +64,11 @@ def test_canonical_json_of_an_event_round_trips() -> None:
     )
     doc = ev.model_dump(mode="json", exclude_none=True)
     assert EgressEvent.model_validate_json(canonical_json(doc)) == ev
+
+
+def test_event_ids_are_distinct_version_4_uuids() -> None:
+    ids = [new_id() for _ in range(2000)]
+    assert len(set(ids)) == len(ids)
+    for value in ids[:200]:
+        parsed = uuid.UUID(value)
+        assert parsed.hex == value and parsed.version == 4 and parsed.variant == uuid.RFC_4122
