@@ -36,7 +36,7 @@ from auditor.report.intoto import PUBLIC_KEY_NAME, generate_keys
 from auditor.rules import Pack, group_findings, judge, load_pack
 from auditor.sensors import LocalSensors
 from auditor.store.base import Store, open_store
-from auditor.store.chain import canonical_json, json_doc
+from auditor.store.chain import canonical_model
 
 Progress = Callable[[str], None]
 _SIOCGIFADDR = 0x8915
@@ -273,7 +273,7 @@ class AttributedStore:
 
     def event_bodies(self, since: datetime | None = None, until: datetime | None = None) -> Iterator[bytes]:
         """The attributed events as canonical JSON, for the report's bulk reader."""
-        return (canonical_json(json_doc(e)) for e in self.events(since, until))
+        return (canonical_model(e) for e in self.events(since, until))
 
     def __getattr__(self, name: str) -> object:
         """Only what does not read events passes through: a new way of reading events must

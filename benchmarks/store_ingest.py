@@ -12,7 +12,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from auditor.model import Destination, EgressEvent, HttpInfo, PayloadInfo, Source
-from auditor.store.chain import json_doc, link
+from auditor.store.chain import canonical_model, link
 from auditor.store.sqlite import SqliteStore, time_us
 
 BATCH = 1_000
@@ -38,9 +38,7 @@ def main(n: int = 200_000) -> None:
     events = synthetic(n)
     with tempfile.TemporaryDirectory() as tmp:
         # the reference gets the finished rows for free: only the insert is timed
-        rows = [lk.row() for lk in link(
-            [(e.sensor_id, "event", e.id, time_us(e.time), json_doc(e)) for e in events], {}
-        )]
+        rows = link([(e.sensor_id, "event", e.id, time_us(e.time), canonical_model(e)) for e in events], {})
         bare = sqlite3.connect(Path(tmp) / "bare.db", isolation_level=None)
         bare.execute("PRAGMA journal_mode=WAL")
         bare.execute("PRAGMA synchronous=NORMAL")

@@ -62,6 +62,15 @@ class Store(Protocol):
         order. For bulk readers (the report) that decode fast and, since these bytes are
         only as good as the chain that covers them, check `verify` before trusting them."""
 
+    def event_rows(
+        self, since: datetime | None = None, until: datetime | None = None, *,
+        start: tuple[str, int] | None = None, stop: tuple[str, int] | None = None,
+    ) -> Iterator[tuple[int, str, int, bytes | str]]:
+        """The rows `event_bodies` reads, as (time_us, sensor_id, seq, body) in no promised
+        order: a bulk reader that orders them itself (the report) can read the table front
+        to back instead of through the time index, and split it between processes by
+        (sensor_id, seq) from `start` (included) to `stop` (excluded). Trust them as `event_bodies`."""
+
     def findings(self, sensor_id: str | None = None) -> Iterator[Finding]:
         """Chained findings, of one judge (`check`, `monitor`, ...) or all."""
 

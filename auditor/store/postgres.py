@@ -2,9 +2,12 @@
 proxies write at once.
 
 - Each batch is one transaction: lock the batch's sensors' checkpoint rows
-  (`FOR UPDATE`, in sensor order), chain onto their heads, COPY the rows in binary,
-  move the checkpoints. Writers of different sensors never wait on each other;
-  two writers of one sensor serialise on its checkpoint row. There is no global lock.
+  (`FOR UPDATE`, in sensor order; a sensor's first batch creates its row), chain
+  onto their heads, COPY the rows in binary, move the checkpoints. Writers of
+  different sensors never wait on each other; two writers of one sensor serialise
+  on its checkpoint row. There is no global lock.
+- Sensor ids and kinds compare bytewise (`COLLATE "C"`, migration 3): the indexes
+  compare them with memcmp instead of the database locale, and sort them as SQLite does.
 - `records` is range-partitioned by UTC day on `time_us`; a day's partition is
   created the first time a record of that day arrives (in its own short
   transaction, so a rolled-back batch leaves at most an empty partition).
@@ -23,15 +26,15 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 import psycopg
 from psycopg import sql
+from psycopg.types.string import BytesBinaryDumper
 
 from auditor.errors import AuditorError
 from auditor.model import EgressEvent, Finding
 from auditor.store.base import ChainHead, VerifyResult, redact_url
-from auditor.store.chain import GENESIS, json_doc, link
+from auditor.store.chain import GENESIS, Record, canonical_model, link
 from auditor.store.retention import (
     RETENTION_SENSOR,
     RemovedPrefix,
@@ -49,7 +52,6 @@ _PAGE = 5_000
 _COPY_TYPES = ["text", "int8", "text", "text", "int8", "bytea", "text", "text"]
 _COLUMNS = "sensor_id, seq, kind, record_id, time_us, body, prev_hash, hash"
 
-Record = tuple[str, str, str, int, Any]
 RawRow = tuple[str, int, str, str, int, bytes, str, str]
 
 MIGRATIONS: list[tuple[int, str, str]] = [
@@ -94,6 +96,15 @@ MIGRATIONS: list[tuple[int, str, str]] = [
             FOR EACH STATEMENT EXECUTE FUNCTION auditor_append_only();
         """,
     ),
+    (
+        3,
+        "byte-order (C) collation for sensor ids and kinds: cheaper index comparisons, SQLite's order",
+        # same type, new collation: the indexes on these columns are rebuilt, the rows are not rewritten
+        """
+        ALTER TABLE records ALTER COLUMN sensor_id TYPE text COLLATE "C", ALTER COLUMN kind TYPE text COLLATE "C";
+        ALTER TABLE checkpoints ALTER COLUMN sensor_id TYPE text COLLATE "C";
+        """,
+    ),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
@@ -121,6 +132,9 @@ class PostgresStore:
                 f"cannot connect to {self.url}: {reason}",
                 fix="check host, port and database; the password comes from the URL, PGPASSFILE or PGPASSWORD",
             ) from None
+        # bytea in binary COPY: the C dumper of bytes, not psycopg's default for that type
+        # (the Python one that also unwraps DB-API `Binary`): a fifth less client CPU per row
+        self._conn.adapters.register_dumper(None, BytesBinaryDumper)
         self._lock = threading.RLock()
         self._partitions: set[int] = set()
         schema, self._lock_key = self._conn.execute(
@@ -219,10 +233,10 @@ class PostgresStore:
     # --- writing --------------------------------------------------------------------------
 
     def append(self, events: Sequence[EgressEvent]) -> None:
-        self._append([(e.sensor_id, "event", e.id, time_us(e.time), json_doc(e)) for e in events])
+        self._append([(e.sensor_id, "event", e.id, time_us(e.time), canonical_model(e)) for e in events])
 
     def append_findings(self, sensor_id: str, findings: Sequence[Finding]) -> None:
-        self._append([(sensor_id, "finding", f.id, time_us(f.last_seen), json_doc(f)) for f in findings])
+        self._append([(sensor_id, "finding", f.id, time_us(f.last_seen), canonical_model(f)) for f in findings])
 
     def _append(self, records: list[Record]) -> None:
         if not records:
@@ -243,28 +257,36 @@ class PostgresStore:
     def _append_tx(self, records: list[Record]) -> None:
         conn = self._conn
         sensors = sorted({r[0] for r in records})
-        conn.execute(
-            "INSERT INTO checkpoints (sensor_id, count, head_seq, head_hash) "
-            "SELECT s, 0, 0, %s FROM unnest(%s::text[]) AS s ORDER BY s ON CONFLICT (sensor_id) DO NOTHING",
-            (GENESIS, sensors),
-        )
-        rows = conn.execute(
-            "SELECT sensor_id, head_seq, head_hash FROM checkpoints WHERE sensor_id = ANY(%s) "
-            "ORDER BY sensor_id FOR UPDATE",
-            (sensors,),
-        ).fetchall()
-        heads = {s: (int(seq), h) for s, seq, h in rows}
-        links = link(records, heads)
+        heads = self._lock_heads(sensors)
+        if len(heads) < len(sensors):  # a sensor's first batch: create its checkpoint, then lock it too
+            conn.execute(
+                "INSERT INTO checkpoints (sensor_id, count, head_seq, head_hash) "
+                "SELECT s, 0, 0, %s FROM unnest(%s::text[]) AS s ORDER BY s ON CONFLICT (sensor_id) DO NOTHING",
+                (GENESIS, [s for s in sensors if s not in heads]),
+            )
+            heads = self._lock_heads(sensors)
+        chained = link(records, heads)
         with conn.cursor() as cur, cur.copy(f"COPY records ({_COLUMNS}) FROM STDIN (FORMAT BINARY)") as copy:
             copy.set_types(_COPY_TYPES)
-            for lk in links:
-                copy.write_row(lk.row())
+            for row in chained:
+                copy.write_row(row)
         conn.execute(
             "UPDATE checkpoints AS c SET count = v.seq, head_seq = v.seq, head_hash = v.hash "
             "FROM unnest(%s::text[], %s::bigint[], %s::text[]) AS v(sensor_id, seq, hash) "
             "WHERE c.sensor_id = v.sensor_id",
             (sensors, [heads[s][0] for s in sensors], [heads[s][1] for s in sensors]),
         )
+
+    def _lock_heads(self, sensors: list[str]) -> dict[str, tuple[int, str]]:
+        """Lock the sensors' checkpoint rows (in one order for every writer: no deadlock) and
+        read their heads. Each statement sees what committed before it: a checkpoint another
+        writer created meanwhile is found by the second call, after the INSERT waited for it."""
+        rows = self._conn.execute(
+            "SELECT sensor_id, head_seq, head_hash FROM checkpoints WHERE sensor_id = ANY(%s) "
+            "ORDER BY sensor_id FOR UPDATE",
+            (sensors,),
+        ).fetchall()
+        return {s: (int(seq), h) for s, seq, h in rows}
 
     # --- reading --------------------------------------------------------------------------
 
@@ -287,6 +309,31 @@ class PostgresStore:
                 ).fetchall()
             for t, s, seq, body in rows:
                 yield bytes(body)
+                key = (t, s, seq)
+            if len(rows) < _PAGE:
+                return
+
+    def event_rows(
+        self, since: datetime | None = None, until: datetime | None = None, *,
+        start: tuple[str, int] | None = None, stop: tuple[str, int] | None = None,
+    ) -> Iterator[tuple[int, str, int, bytes | str]]:
+        """The window's rows (of the `start`..`stop` key range) in the keyset pages of
+        `event_bodies` (the server orders them by its index at no extra cost)."""
+        lo = time_us(since) if since else -(2**62)
+        hi = time_us(until) if until else 2**62
+        low, high = start or ("", -(2**62)), stop
+        key: tuple[int, str, int] = (lo - 1, "", 0)
+        while True:
+            with self._lock:
+                rows = self._conn.execute(
+                    "SELECT time_us, sensor_id, seq, body FROM records WHERE kind = 'event' "
+                    "AND time_us >= %s AND time_us < %s AND (time_us, sensor_id, seq) > (%s, %s, %s) "
+                    "AND (sensor_id, seq) >= (%s, %s) AND (%s::boolean OR (sensor_id, seq) < (%s, %s)) "
+                    "ORDER BY time_us, sensor_id, seq LIMIT %s",
+                    (lo, hi, *key, *low, high is None, *(high or ("", 0)), _PAGE),
+                ).fetchall()
+            for t, s, seq, body in rows:
+                yield int(t), s, int(seq), bytes(body)
                 key = (t, s, seq)
             if len(rows) < _PAGE:
                 return
@@ -450,7 +497,7 @@ class PostgresStore:
                 now = datetime.now(UTC)
                 self._ensure_partitions_in_tx({time_us(now) // DAY_US})
                 event = statement_event(statement, now)
-                self._append_tx([(RETENTION_SENSOR, "event", event.id, time_us(now), json_doc(event))])
+                self._append_tx([(RETENTION_SENSOR, "event", event.id, time_us(now), canonical_model(event))])
                 seq = self._conn.execute(
                     "SELECT head_seq FROM checkpoints WHERE sensor_id = %s", (RETENTION_SENSOR,)
                 ).fetchone()[0]  # type: ignore[index]

@@ -34,12 +34,13 @@ def test_migrations_are_explicit_and_versioned(pg_url: str) -> None:
     old = PostgresStore(pg_url, migrating=True)
     assert old.migrate(target=1) == [1]
     old.close()
-    with pytest.raises(AuditorError, match="schema version 1, this auditor needs 2.*auditor store migrate"):
+    with pytest.raises(AuditorError, match=f"schema version 1, this auditor needs {SCHEMA_VERSION}.*auditor store migrate"):
         open_store(pg_url)
 
     out = CliRunner().invoke(app, ["store", "migrate", "--store", pg_url])
     assert out.exit_code == 0, out.output
-    assert f"schema version 1 -> {SCHEMA_VERSION} (applied 2)" in out.output
+    later = ", ".join(str(v) for v in range(2, SCHEMA_VERSION + 1))
+    assert f"schema version 1 -> {SCHEMA_VERSION} (applied {later})" in out.output
     again = CliRunner().invoke(app, ["store", "migrate", "--store", pg_url])
     assert "(up to date)" in again.output
 
@@ -48,7 +49,7 @@ def test_migrations_are_explicit_and_versioned(pg_url: str) -> None:
     assert store.verify().ok
     store.close()
     raw = Raw(pg_url)
-    assert [r[0] for r in raw.q("SELECT version FROM auditor_schema ORDER BY version")] == [1, 2]
+    assert [r[0] for r in raw.q("SELECT version FROM auditor_schema ORDER BY version")] == list(range(1, SCHEMA_VERSION + 1))
     raw.q("INSERT INTO auditor_schema (version, description) VALUES (99, 'from the future')")
     raw.close()
     with pytest.raises(AuditorError, match="newer than this auditor"):
@@ -137,3 +138,28 @@ def test_retention_with_a_cutoff_after_now(pg_url: str) -> None:
     store = open_store(pg_url, create=False)
     assert store.count() == 1 and store.verify().ok
     store.close()
+
+
+def test_migration_to_byte_order_keeps_the_chains(pg_url: str) -> None:
+    """A store written at schema 2 moves to byte-order sensor ids with its chains intact."""
+    old = PostgresStore(pg_url, migrating=True)
+    assert old.migrate(target=2) == [1, 2]
+    for sensor in ("proxy-b", "Proxy-A", "probe-é"):
+        old.append(make_events(sensor, 3))
+    old.close()
+    mover = PostgresStore(pg_url, migrating=True)
+    assert mover.migrate() == list(range(3, SCHEMA_VERSION + 1))
+    mover.close()
+    store = open_store(pg_url, create=False)
+    store.append(make_events("proxy-b", 2, start=T0 + timedelta(hours=1)))
+    result = store.verify()
+    assert result.ok and result.records == 11
+    assert [h.sensor_id for h in store.chain_heads()] == sorted(["proxy-b", "Proxy-A", "probe-é"], key=str.encode)
+    store.close()
+    raw = Raw(pg_url)
+    collations = raw.q(
+        "SELECT attrelid::regclass::text, attname, attcollation::regcollation::text FROM pg_attribute "
+        "WHERE attrelid IN ('records'::regclass, 'checkpoints'::regclass) AND attname IN ('sensor_id', 'kind') ORDER BY 1, 2"
+    )
+    raw.close()
+    assert collations == [("checkpoints", "sensor_id", '"C"'), ("records", "kind", '"C"'), ("records", "sensor_id", '"C"')]
