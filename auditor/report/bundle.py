@@ -10,16 +10,18 @@ the snapshot, not the live store, so what is signed is exactly what was read.
 from __future__ import annotations
 
 import hashlib
-import json
+import os
 import shutil
 import sqlite3
 import tempfile
+import threading
 from collections.abc import Callable
 from datetime import datetime
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
+import orjson
 from pydantic import BaseModel, Field, ValidationError
 
 from auditor.errors import AuditorError
@@ -204,19 +206,8 @@ def make_report(
     finally:
         store.close()
 
-    files: dict[str, Path] = {}
-    if "json" in formats or signing:
-        files["json"] = out_dir / FILE_NAMES["json"]
-        files["json"].write_bytes(doc.canonical())
-    if "html" in formats:
-        files["html"] = out_dir / FILE_NAMES["html"]
-        files["html"].write_text(render_html(doc), encoding="utf-8")
-    if "sarif" in formats:
-        files["sarif"] = out_dir / FILE_NAMES["sarif"]
-        files["sarif"].write_text(json.dumps(render_sarif(doc), indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
-    if "junit" in formats:
-        files["junit"] = out_dir / FILE_NAMES["junit"]
-        files["junit"].write_text(render_junit(doc), encoding="utf-8")
+    files = {f: out_dir / FILE_NAMES[f] for f in ("json", "html", "sarif", "junit") if f in formats or (f == "json" and signing)}
+    _write_all(doc, files)
     if signing and private_key is not None:
         if read_url == str(snapshot):
             files["store"] = snapshot
@@ -233,6 +224,58 @@ def make_report(
         status=doc.verdict.status, reason=doc.verdict.reason, exit_code=doc.verdict.exit_code,
         findings=len(doc.findings), out_dir=out_dir, files=files, signing_key_id=key_id,
     )
+
+
+def _write(doc: ReportDoc, fmt: str, path: Path) -> None:
+    """One format of the document into its file."""
+    if fmt == "json":
+        path.write_bytes(doc.canonical())
+    elif fmt == "html":
+        path.write_text(render_html(doc), encoding="utf-8")
+    elif fmt == "sarif":
+        path.write_bytes(orjson.dumps(render_sarif(doc), option=orjson.OPT_APPEND_NEWLINE))  # compact: SARIF is read by tools
+    else:
+        path.write_text(render_junit(doc), encoding="utf-8")
+
+
+FORK_RENDER_ABOVE = 1_000  # findings; below this rendering takes less than starting a process
+
+
+def _write_all(doc: ReportDoc, files: dict[str, Path]) -> None:
+    """Each format from the one document. For a large report the HTML and SARIF are
+    written by a forked copy of this process while this one writes the rest: they
+    share nothing but the document, and the machine may have a second core. What the
+    child did not write is written here."""
+    forked = {f: p for f, p in files.items() if f in ("html", "sarif")}
+    pid = _fork() if forked and len(doc.findings) > FORK_RENDER_ABOVE else None
+    if pid == 0:  # the child: write, and leave without running the parent's exit handlers
+        code = 0
+        try:
+            for fmt, path in forked.items():
+                _write(doc, fmt, path)
+        except BaseException:  # noqa: BLE001 - the parent writes them itself
+            code = 1
+        os._exit(code)
+    try:
+        for fmt, path in files.items():
+            if pid is None or fmt not in forked:
+                _write(doc, fmt, path)
+    finally:
+        status = os.waitpid(pid, 0)[1] if pid else 0
+    if status != 0:
+        for fmt, path in forked.items():
+            _write(doc, fmt, path)
+
+
+def _fork() -> int | None:
+    """`os.fork()`, or None where a process cannot be forked, or should not be: one that
+    runs other threads (a fork copies only this one, and any lock they hold)."""
+    if not hasattr(os, "fork") or threading.active_count() > 1:
+        return None
+    try:
+        return os.fork()
+    except OSError:
+        return None
 
 
 def verify_bundle(bundle_dir: Path, key: Path | None) -> VerifyOutcome:

@@ -9,6 +9,7 @@ import os
 import stat
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -171,3 +172,50 @@ def test_cli_report_exit_codes_and_verify(make_store, tmp_path: Path) -> None:
     assert res.returncode == 3 and "--sign" in res.stderr
     res = _run("report", "--store", str(tmp_path / "nope.db"), "--out", str(tmp_path / "n"))
     assert res.returncode == 3 and "no such evidence store" in res.stderr
+
+
+@pytest.mark.parametrize("child_fails", [False, True])
+def test_formats_written_by_a_forked_child_are_the_formats(make_store, pack: Pack, keys: tuple[Path, Path], tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch, child_fails: bool) -> None:
+    """A large report's HTML and SARIF come from a forked child; when it fails, from here.
+    Either way each file is what rendering the document here writes, and the bundle verifies."""
+    from auditor.report import bundle
+    from auditor.report.render_html import render_html
+    from auditor.report.render_sarif import render_sarif
+
+    store = make_store(leak_events())
+    parent, real = os.getpid(), bundle._write
+
+    def write(doc: object, fmt: str, path: Path) -> None:
+        if child_fails and os.getpid() != parent:
+            raise RuntimeError("the child cannot write")
+        real(doc, fmt, path)  # type: ignore[arg-type]
+
+    documents: list[object] = []
+    real_build = bundle.build_report
+
+    def build(*args: object, **kwargs: object) -> object:
+        documents.append(real_build(*args, **kwargs))  # type: ignore[arg-type]
+        return documents[-1]
+
+    monkeypatch.setattr(bundle, "FORK_RENDER_ABOVE", 0)
+    real_count, threads_before = threading.active_count, threading.active_count()
+    monkeypatch.setattr(threading, "active_count", lambda: real_count() - threads_before + 1)  # other tests' leftovers are not ours
+    children: list[int] = []
+    real_fork = bundle._fork
+
+    def fork() -> int | None:
+        pid = real_fork()
+        if pid:
+            children.append(pid)
+        return pid
+
+    monkeypatch.setattr(bundle, "_fork", fork)
+    monkeypatch.setattr(bundle, "_write", write)
+    monkeypatch.setattr(bundle, "build_report", build)
+    out = _bundle(tmp_path, store, pack, keys[0])
+    [doc] = documents
+    assert (out / "report.html").read_text(encoding="utf-8") == render_html(doc)  # type: ignore[arg-type]
+    assert json.loads((out / "report.sarif").read_bytes()) == json.loads(json.dumps(render_sarif(doc)))  # type: ignore[arg-type]
+    assert verify_bundle(out, keys[1]).ok
+    assert len(children) == 1  # the HTML and SARIF were a child's to write

@@ -5,32 +5,43 @@ observed on its own) builds: compared byte for byte as canonical JSON."""
 from __future__ import annotations
 
 import itertools
+import os
 import random
+import sqlite3
 import uuid
-from datetime import timedelta
+from collections.abc import Callable
+from datetime import datetime, timedelta
 from pathlib import Path
 
+import numpy as np
+import orjson
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from report_events import AGENT, API_IP, NODE_B, WORKER, api, at, clean_events, flow, leak_events, lifecycle, metadata
 
 from auditor.model import DetectorFinding, Destination, DnsInfo, EgressEvent, FlowInfo, HttpInfo, PayloadInfo, Source
 from auditor.report import model
+from auditor.report.model import _EPOCH as EPOCH
 from auditor.report.model import ReportDoc, ReportParams, build_report
+from auditor.probe.coverage import timestamp_us
 from auditor.rules import Pack
 from auditor.store.base import open_store
+from auditor.store.chain import record_hash
 
 
 def _doc(path: Path, pack: Pack, *, fast: bool, **params: object) -> bytes:
     """The canonical document, with what differs between any two runs pinned: the time,
     and the random ids (report, findings), drawn here from a counter in creation order."""
     counter = itertools.count(1)
-    real = uuid.uuid4
+    real_uuid4, real_urandom = uuid.uuid4, os.urandom
     uuid.uuid4 = lambda: uuid.UUID(int=next(counter))  # type: ignore[assignment]
+    os.urandom = lambda n: next(counter).to_bytes(n, "big")  # `new_id`, of findings  # type: ignore[assignment]
     store = open_store(str(path), create=False)
     try:
         doc: ReportDoc = build_report(store, pack, ReportParams(store_url=str(path), **params), fast=fast)  # type: ignore[arg-type]
     finally:
-        uuid.uuid4 = real  # type: ignore[assignment]
+        uuid.uuid4, os.urandom = real_uuid4, real_urandom  # type: ignore[assignment]
         store.close()
     doc.identity.generated_at = at(0)
     return doc.canonical()
@@ -43,8 +54,10 @@ def _fast_pass_runs(path: Path, pack: Pack) -> None:
         endpoint_matchers = [(ep.id, model._Matcher(ep.hosts)) for ep in pack.endpoints]
         forbidden = {fc.id: set(fc.labels) for fc in pack.forbidden_classes}
         any_forbidden = frozenset(label for labels in forbidden.values() for label in labels)
-        acc = model._fast_pass(store, pack, ReportParams(store_url=str(path)), endpoint_matchers, forbidden, any_forbidden)
+        acc, checked = model._fast_pass(store, pack, ReportParams(store_url=str(path)), endpoint_matchers, forbidden, any_forbidden,
+                                        checks=True)
         assert acc.events == store.count()
+        assert checked == store.verify()  # the chains checked on the way, as `verify` checks them
     finally:
         store.close()
 
@@ -104,11 +117,23 @@ def mixed_events(n: int, seed: int) -> list[EgressEvent]:
     return out
 
 
+def tied_events(n: int, seed: int) -> list[EgressEvent]:
+    """Mixed events on whole seconds (many sensors and events share a time), appended in
+    shuffled order (a sensor's sequence is not its time order): only the (time, sensor,
+    seq) order the reference pass reads in settles which come first."""
+    events = mixed_events(n, seed)
+    for e in events:
+        e.time = e.time.replace(microsecond=0)
+    random.Random(seed).shuffle(events)
+    return events
+
+
 STORES = {
     "clean": clean_events,
     "leak": leak_events,
     "mixed": lambda: mixed_events(1500, seed=6),
     "mixed-other-seed": lambda: mixed_events(600, seed=17),
+    "ties-shuffled": lambda: tied_events(800, seed=11),
 }
 
 
@@ -124,9 +149,32 @@ def test_fast_pass_builds_the_reference_document(name: str, make_store, pack: Pa
 
 def test_parallel_verification_gives_the_same_document(make_store, pack: Pack, monkeypatch: pytest.MonkeyPatch) -> None:
     path = make_store(mixed_events(300, seed=3))
-    reference = _doc(path, pack, fast=False)
+    window = {"since": at(10), "until": at(90)}  # a window: the chains are not all read with the events
+    reference = _doc(path, pack, fast=False, **window)
+    started: list[int] = []
+    real = model._VerifyJob.start.__func__  # type: ignore[attr-defined]
+
+    def start(cls: type[model._VerifyJob], store: object) -> model._VerifyJob | None:
+        job = real(cls, store)
+        started.append(job is not None)
+        return job
+
     monkeypatch.setattr(model, "PARALLEL_VERIFY_ABOVE", 1)  # verify in a second process, as for a large store
-    assert _doc(path, pack, fast=True) == reference
+    monkeypatch.setattr(model._VerifyJob, "start", classmethod(start))
+    assert _doc(path, pack, fast=True, **window) == reference
+    assert started == [True]
+
+
+def test_a_store_with_a_retained_prefix_gets_the_reference_document(make_store, pack: Pack, two_readers: list[int]) -> None:
+    """Chains that start after a retention statement are `verify`'s to read, not the fast pass's."""
+    path = make_store(mixed_events(400, seed=13))
+    store = open_store(str(path), create=False)
+    store.retain(at(60))
+    assert store.verify().ok
+    store.close()
+    fast = _doc(path, pack, fast=True)
+    assert fast == _doc(path, pack, fast=False)
+    assert orjson.loads(fast)["integrity"]["chains_ok"]
 
 
 def test_a_tampered_store_is_reported_by_the_reference_pass(make_store, pack: Pack) -> None:
@@ -169,6 +217,8 @@ def _other(value: object) -> object:
         return not value
     if isinstance(value, int):
         return value + 7
+    if isinstance(value, str) and value.startswith("2026-"):  # a time: a later one
+        return (datetime.fromisoformat(value) + timedelta(seconds=1)).isoformat()
     if isinstance(value, str):
         return value + "-other"
     if isinstance(value, list):
@@ -199,7 +249,11 @@ def test_every_field_is_in_the_profile_key_or_read_per_event() -> None:
     doc = json_doc(event)
     doc["sensor"] = {"lifecycle": "start"}
     doc["decision"] = {"action": "allowed"}
-    base = model._profile_key(doc)
+
+    def key(d: dict[str, object]) -> tuple[object, ...]:
+        return model._profile_key(model._EVENT_DECODER.decode(orjson.dumps(d)))
+
+    base = key(doc)
     unchanged = set()
     for path in _leaves(doc):
         mutated = copy.deepcopy(doc)
@@ -208,6 +262,187 @@ def test_every_field_is_in_the_profile_key_or_read_per_event() -> None:
         for part in parts[:-1]:
             target = target[int(part[1:-1])] if part.startswith("[") else target[part]
         target[parts[-1]] = _other(target[parts[-1]])
-        if model._profile_key(mutated) == base:
+        if key(mutated) == base:
             unchanged.add(path.split("[")[0] if "[" in path else path)
     assert unchanged == PER_EVENT
+
+
+@pytest.fixture()
+def two_readers(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The fast pass as on a large store: the table cut into many small key ranges (a
+    window into halves), every other one read by a forked child. Returns a list that grows
+    by one per child part joined."""
+    joined: list[int] = []
+    real = model._PartJob.result
+
+    def result(self: model._PartJob) -> model._Part | None:
+        part = real(self)
+        joined.append(1 if part is not None else 0)
+        return part
+
+    monkeypatch.setattr(model, "PARALLEL_READ_ABOVE", 1)
+    monkeypatch.setattr(model, "CHUNK_ROWS", 37)
+    monkeypatch.setattr(model._PartJob, "result", result)
+    _only_new_threads_count(monkeypatch)
+    return joined
+
+
+def _only_new_threads_count(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Threads other tests of the session left behind are not this test's: count only the
+    ones it starts (the fast pass does not fork beside other threads)."""
+    import threading
+
+    real, before = threading.active_count, threading.active_count()
+    monkeypatch.setattr(threading, "active_count", lambda: real() - before + 1)
+
+
+@pytest.mark.parametrize("name", sorted(STORES))
+def test_two_readers_build_the_reference_document(name: str, make_store, pack: Pack, two_readers: list[int]) -> None:
+    path = make_store(STORES[name]())
+    reference = _doc(path, pack, fast=False)
+    assert _doc(path, pack, fast=True) == reference
+    assert two_readers == [1]  # the child read its key ranges and they were joined
+    window = {"since": at(40), "until": at(200)}
+    assert _doc(path, pack, fast=True, **window) == _doc(path, pack, fast=False, **window)
+    assert two_readers == [1, 1]  # and the later half of the window
+
+
+def test_a_failed_child_means_reading_its_spans_here(make_store, pack: Pack, two_readers: list[int],
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    path = make_store(mixed_events(400, seed=8))
+    reference = _doc(path, pack, fast=False)
+
+    def broken(url: str, *, create: bool = True) -> object:
+        raise RuntimeError("the child cannot open the store")
+
+    monkeypatch.setattr(model, "open_store", broken)  # only the child opens the store again
+    assert _doc(path, pack, fast=True) == reference
+    assert two_readers == [0]
+
+
+def _unguard(path: Path) -> sqlite3.Connection:
+    db = sqlite3.connect(path, isolation_level=None)
+    db.execute("DROP TRIGGER records_no_update")
+    db.execute("DROP TRIGGER records_no_delete")
+    return db
+
+
+def _rehashed(seq: int) -> Callable[[sqlite3.Connection], None]:
+    """A record edited and given its own valid hash: only the next record's link shows it
+    (at seq 37 that record starts the next key range of `two_readers`)."""
+
+    def tamper(db: sqlite3.Connection) -> None:
+        body, prev = db.execute("SELECT body, prev_hash FROM records WHERE sensor_id = 'probe-node-a' AND seq = ?", (seq,)).fetchone()
+        body = body.replace(b'"id":"', b'"id":"x')
+        db.execute("UPDATE records SET body = ?, hash = ? WHERE sensor_id = 'probe-node-a' AND seq = ?",
+                   (body, record_hash("probe-node-a", seq, prev, body), seq))
+
+    return tamper
+
+
+TAMPERING: dict[str, str | Callable[[sqlite3.Connection], None]] = {
+    "rehashed": _rehashed(20),
+    "rehashed-at-a-cut": _rehashed(37),
+    # what an attacker with the file does; each breaks a chain `verify` names, or (the
+    # columns no hash covers) changes what both passes read in the same way
+    "edited": "UPDATE records SET body = replace(body, '\"id\":\"', '\"id\":\"x') WHERE sensor_id = 'proxy-a' AND seq = 7",
+    "deleted": "DELETE FROM records WHERE sensor_id = 'probe-node-a' AND seq = 20",
+    "reordered": "UPDATE records SET seq = -1 WHERE sensor_id = 'proxy-b' AND seq = 30; "
+                 "UPDATE records SET seq = 30 WHERE sensor_id = 'proxy-b' AND seq = 31; "
+                 "UPDATE records SET seq = 31 WHERE sensor_id = 'proxy-b' AND seq = -1",
+    "truncated": "DELETE FROM records WHERE sensor_id = 'proxy-a' AND seq = (SELECT max(seq) FROM records WHERE sensor_id = 'proxy-a')",
+    "checkpoint": "UPDATE checkpoints SET head_hash = CASE WHEN head_hash LIKE 'f%' THEN 'e' ELSE 'f' END || substr(head_hash, 2) "
+                  "WHERE sensor_id = 'probe-node-b'",
+    "no-checkpoint": "DELETE FROM checkpoints WHERE sensor_id = 'proxy-b'",
+    "seq-type": "UPDATE records SET seq = seq + 0.5 WHERE sensor_id = 'probe-node-b' AND seq = 12",
+    "body-as-text": "UPDATE records SET body = CAST(body AS TEXT) WHERE sensor_id = 'proxy-a' AND seq = 9",
+    "time-column": "UPDATE records SET time_us = time_us + 1000000 WHERE sensor_id = 'proxy-a' AND seq = 11",
+    "time-as-text": "UPDATE records SET time_us = 'soon' WHERE sensor_id = 'probe-node-a' AND seq = 14",
+    "kind-column": "UPDATE records SET kind = 'finding' WHERE sensor_id = 'proxy-b' AND seq = 8",
+}
+
+
+@pytest.mark.parametrize("how", sorted(TAMPERING))
+def test_tampered_stores_get_the_reference_document(how: str, make_store, pack: Pack, two_readers: list[int]) -> None:
+    """The chains checked while reading stand for `verify` only when every link holds;
+    anything else is `verify`'s to name and the reference pass's to read."""
+    path = make_store(mixed_events(500, seed=9))
+    db = _unguard(path)
+    tamper = TAMPERING[how]
+    if callable(tamper):
+        tamper(db)
+    else:
+        db.executescript(tamper)
+    db.close()
+    store = open_store(str(path), create=False)
+    verified = store.verify()
+    store.close()
+    fast = _doc(path, pack, fast=True)
+    assert fast == _doc(path, pack, fast=False)
+    integrity = orjson.loads(fast)["integrity"]
+    assert integrity["chains_ok"] == verified.ok
+    assert integrity["problems"] == [p.line() for p in verified.problems]
+    if how not in ("body-as-text", "time-column", "time-as-text", "kind-column"):
+        assert not verified.ok
+
+
+def test_shared_proxy_record_ids_are_left_to_the_reference_pass(make_store, pack: Pack) -> None:
+    events = mixed_events(300, seed=12)
+    proxied = [e for e in events if e.sensor_id.startswith("proxy") and e.kind != "sensor"]
+    proxied[5].id = proxied[40].id  # the proxy index counts an id once, as first read
+    path = make_store(events)
+    assert _doc(path, pack, fast=True) == _doc(path, pack, fast=False)
+
+
+@given(st.lists(st.integers(min_value=-(2**52), max_value=2**52), max_size=50)
+       | st.lists(st.integers(min_value=1_600_000_000_000_000, max_value=2_100_000_000_000_000), max_size=50))
+def test_timestamps_agree_with_the_proxy_index_clock(values: list[int]) -> None:
+    expected = [timestamp_us(EPOCH + timedelta(microseconds=v)) for v in values]
+    assert model.timestamps_us(np.array(values, dtype=np.int64)).tolist() == expected
+
+
+def test_event_rows_are_the_event_bodies_in_any_order(make_store) -> None:
+    path = make_store(tied_events(300, seed=4))
+    store = open_store(str(path), create=False)
+    try:
+        for window in ({}, {"since": at(20), "until": at(60)}):
+            bodies = sorted(store.event_bodies(**window))
+            assert sorted(bytes(row[3]) for row in store.event_rows(**window)) == bodies
+            heads = store.chain_heads()
+            cut = (heads[1].sensor_id, 5)
+            parts = [*store.event_rows(**window, stop=cut), *store.event_rows(**window, start=cut)]
+            assert sorted(bytes(row[3]) for row in parts) == bodies
+    finally:
+        store.close()
+
+
+def test_a_postgresql_store_gets_the_reference_document(pg_url: str, pack: Pack, two_readers: list[int]) -> None:
+    """PostgreSQL orders sensor ids by its own collation and has no chained scan: the key
+    ranges (a window: its halves) come from its `event_rows`, and the order from its heads."""
+    store = open_store(pg_url)
+    try:
+        store.append(tied_events(400, seed=21))
+    finally:
+        store.close()
+    assert _doc(pg_url, pack, fast=True) == _doc(pg_url, pack, fast=False)  # type: ignore[arg-type]
+    window = {"since": at(20), "until": at(120)}
+    assert _doc(pg_url, pack, fast=True, **window) == _doc(pg_url, pack, fast=False, **window)  # type: ignore[arg-type]
+    assert two_readers == [1, 1]
+
+
+def test_a_process_with_other_threads_reads_alone(make_store, pack: Pack, two_readers: list[int]) -> None:
+    """A fork copies only the calling thread (and whatever locks the others hold): a report
+    made inside a threaded process (`auditor monitor`) reads every span itself."""
+    import threading
+
+    path = make_store(mixed_events(300, seed=14))
+    reference = _doc(path, pack, fast=False)
+    release = threading.Event()
+    other = threading.Thread(target=release.wait)
+    other.start()
+    try:
+        assert _doc(path, pack, fast=True) == reference
+    finally:
+        release.set()
+        other.join()
+    assert two_readers == []
