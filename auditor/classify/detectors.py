@@ -229,17 +229,33 @@ for _k in _REPORT_KEYS:
 
 
 _KEYWORD_LIST: list[tuple[str, tuple[str, ...]]] = list(_KEYWORDS.items())
-_KEYWORD_DB = database([w.encode() for w, _ in _KEYWORD_LIST], literal=True)
+# not keywords: what the quiet proof of a JSON text looks for (an escape, a string opening
+# with a bracket), found in the same pass and reported once each; lower() neither makes
+# nor unmakes them
+MARKS = ("\\", '"[', '"{')
+_N_KEYWORDS = len(_KEYWORD_LIST)
+_KEYWORD_DB = database(
+    [w.encode() for w, _ in _KEYWORD_LIST] + [m.encode() for m in MARKS],
+    literal=True,
+    flags=[0] * len(_KEYWORD_LIST) + [hyperscan.HS_FLAG_SINGLEMATCH] * len(MARKS),
+)
 
 
 Sighting = tuple[int, tuple[str, tuple[str, ...]]]  # (offset of the keyword's last character, (keyword, detectors))
 
 
-def keyword_hits(lowered: str, sightings: list[Sighting] | None = None) -> dict[str, set[str]]:
+def keyword_hits(lowered: str, sightings: list[Sighting] | None = None, marks: set[str] | None = None) -> dict[str, set[str]]:
     """One pass for every keyword: detector name -> keywords seen. Empty for most metadata.
-    `sightings`, when given, receives every match with its offset (for `_spans`)."""
+    `sightings`, when given, receives every match with its offset (for `_spans`); `marks`
+    the MARKS in the text."""
     data = lowered.encode("utf-8", "surrogatepass")
     found = scan(_KEYWORD_DB, data)
+    if found:
+        words = [f for f in found if f[0] < _N_KEYWORDS]
+        if len(words) != len(found):
+            if marks is not None:
+                marks.update(MARKS[p - _N_KEYWORDS] for p, _ in found if p >= _N_KEYWORDS)
+            found = words
     hits: dict[str, set[str]] = {}
     for pattern, _ in found:
         word, detectors = _KEYWORD_LIST[pattern]
@@ -466,6 +482,8 @@ def _shapes(data: bytes) -> tuple[bool, bool, list[int]]:
     shapes are ASCII, so the bytes hold one exactly when the text does), far cheaper than
     the regexes."""
     found = scan(_SHAPE_DB, data)
+    if not found:
+        return False, False, []
     first_upper = len(_DIGIT_SHAPES)
     openings = [end - len(_SHAPES[p]) for p, end in found if _SHAPES[p] in _OPENINGS]
     return any(p < first_upper for p, _ in found), any(p >= first_upper for p, _ in found), openings

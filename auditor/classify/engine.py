@@ -3,14 +3,19 @@
 Order of work: the route (forbidden, unrecognised, query), the content codings, then
 the body by what it is (archive, compressed, magic, multipart, form, JSON, NDJSON,
 YAML, text), validated against its route model when it has one. Whole-part gates (one
-keyword pass, one encoded-run search) decide which per-field detectors run. Plain
-metadata (no keyword, escape, encoded run or personal data anywhere in the raw text)
+keyword pass, which also spots escapes and strings opening with a bracket, and one
+encoded-run search) decide which per-field detectors run. Plain metadata (no keyword,
+escape, encoded run or personal data anywhere in the raw text) on a route whose model
+has a msgspec mirror (`routes.typed`) is parsed and validated in one C pass into
+Structs, and only the metadata kinds are read off it: no dict per object and no walk,
+so a 5,000-entry status history costs what its decoding costs. Other plain metadata
 costs one parse, a few C-level scans and a structure-only walk (one loop per shape of
 dict, not per dict) that also checks each value's type against the route schema, so
 pydantic runs only for a body the walk cannot vouch for. Measured in CPU time on a
-shared 2-core machine (2026-11): the benchmarks/classify.py mix of ~1 KB bodies at
-~14-16k/s (json.loads of the same: ~130k/s), a 256 KB status update with 5,000
-history entries in ~7.5 ms (was ~19 ms).
+shared 2-core machine (2026-11, load ~2): the benchmarks/classify.py mix of ~1 KB
+bodies at ~20.5k/s (was ~14.7k/s; json.loads of the same: ~130k/s), the 256 KB status
+update of benchmarks/proxy_overhead.py in ~1.9 ms (was ~7.7 ms; orjson.loads alone
+~0.7 ms).
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import unquote, unquote_plus
 
+import msgspec
 import orjson
 import yaml
 
@@ -95,6 +101,8 @@ class _Gate:
     sightings: list[det.Sighting] | None = None  # kept for big texts: their keyword offsets
     verbatim: bool = True  # the text holds its strings' characters as they are (no escapes)
     words: set[str] | None = None  # the keywords seen, once asked for
+    lowered: str | None = None  # the text in lower case, as the pass read it
+    marks: set[str] | None = None  # det.MARKS in the text (None: not looked for)
 
     def hits_in(self, inner: str) -> dict[str, set[str]]:
         """`keyword_hits(inner.lower())` for a string inside the gated text: when the text
@@ -143,7 +151,10 @@ class _Run:
 
     def gate(self, text: str) -> _Gate:
         sightings: list[det.Sighting] | None = [] if len(text) > det.WINDOWED else None
-        return _Gate(hits=det.keyword_hits(text.lower(), sightings), runs=maybe_encoded(text, self.limits.min_embedded), sightings=sightings)
+        lowered = text.lower()
+        marks: set[str] = set()
+        hits = det.keyword_hits(lowered, sightings, marks)
+        return _Gate(hits=hits, runs=maybe_encoded(text, self.limits.min_embedded), sightings=sightings, lowered=lowered, marks=marks)
 
     def keyworded(self, text: str, path: str, gate: _Gate, *, whole: bool) -> None:
         """Credentials, canaries and report keys in one string (the gate said some may be there)."""
@@ -242,7 +253,7 @@ class _Run:
         if gate.hits:
             self.keyworded(text, path, gate, whole=True)
         if self.ctx.fingerprints is not None:
-            self.tokens.append((path, cells_of(text)))
+            self.tokens.append((path, cells_of(text, gate.lowered)))
         if gate.runs and len(text) >= self.limits.min_embedded:
             self.embedded(text, path, depth)
         if has_percent_escapes(text) and "=" in text:
@@ -253,12 +264,14 @@ class _Run:
 
     # --- structured documents ---------------------------------------------------------------
 
-    def json_doc(self, doc: Any, raw: str, path: str, depth: int, model: type[rt.Body] | None, *, raw_json: bool = False) -> None:
+    def json_doc(self, doc: Any, raw: str, path: str, depth: int, model: type[rt.Body] | None, *, raw_json: bool = False, gate: _Gate | None = None) -> None:
+        """A parsed document; `gate`, when given, is `self.gate(raw)` already made."""
         if "\\" in raw:
             # escapes (\\u0040, \\/) would hide keywords from a pass over the raw text:
             # gate on the parsed strings, re-serialised without them
             raw = _unescaped(doc, raw)
-        gate = self.gate(raw)
+        if gate is None:
+            gate = self.gate(raw)
         if gate.hits:
             rep = det.report_finding(gate.hits, path)
             if rep:
@@ -290,6 +303,32 @@ class _Run:
         finally:
             self.quiet = self.uncapped = self.unsure = False
 
+    def typed(self, text: str, model: type[rt.Body]) -> tuple[bool, _Gate | None]:
+        """The typed fast path of a JSON body on a route: when the raw text is quiet (see
+        `_quiet`), holds no runner_mode key, and the route model's msgspec mirror decodes
+        it (parsing and validating every value in one C pass, no dict per object), the
+        walk would only have added kinds: those are added here and (True, None) returned.
+        Otherwise (False, the gate made on the way, if any) for `json_doc`, which judges
+        the body the ordinary way; tests/classify/test_classify_typed.py holds the two
+        paths equal."""
+        t = rt.typed(model)
+        if t is None or "\\" in text:
+            return False, None  # escapes: json_doc gates on the unescaped strings
+        gate = self.gate(text)
+        if (
+            '"runner_mode' in text
+            or t.levels - 1 > self.limits.max_structure_depth
+            or not self._quiet(text, gate)
+            or self.budget.nodes + 3 * _values_bound(text) + 8 > self.limits.max_nodes
+        ):
+            return False, gate
+        try:
+            doc = t.decoder.decode(text)
+        except (msgspec.ValidationError, msgspec.DecodeError):
+            return False, gate
+        rt.typed_kinds(t, doc, self.kinds)
+        return True, None
+
     def schema(self, model: type[rt.Body], doc: Any, path: str, at: int) -> None:
         """Schema findings from pydantic, placed at `at` among the findings."""
         errors = rt.validate(model, doc)
@@ -313,9 +352,7 @@ class _Run:
         return (
             not gate.hits
             and self.ctx.fingerprints is None
-            and "\\" not in raw
-            and '"[' not in raw
-            and '"{' not in raw
+            and (not gate.marks if gate.marks is not None else not any(m in raw for m in det.MARKS))
             and not has_percent_escapes(raw)
             and not gate.runs
             and not det.pii_hits(raw)
@@ -417,24 +454,27 @@ class _Run:
                 child(v, f"{path}[{i}]", model, free, opaque, config, gate, level + 1)
 
     def planned(self, plan: _Plan, value: dict[Any, Any], path: str, model: type[rt.Body] | None, free: bool, opaque: bool, config: bool, gate: _Gate, level: int) -> None:
-        """What a dict's plan says: type checks, kinds, counts, then its containers."""
+        """What a dict's plan says: type checks, counts, then its containers, with the
+        kinds added in the full loop's order (so a too-deep child stops them at the same field)."""
         if not plan.sure:
             self.unsure = True
         values: list[Any] = list(value.values()) if plan.literal or plan.children else []
         for i, allowed in plan.literal:
             if values[i] not in allowed:
                 self.unsure = True
-        if plan.kinds:
-            self.kinds.update(plan.kinds)
         budget = self.budget
         budget.nodes += len(value) + 1 + plan.strings
         if not (budget.nodes & 1023):
             budget.tick()
-        for i, key, sub_model, sub_free, sub_opaque in plan.children:
+        for i, key, sub_model, sub_free, sub_opaque, upto in plan.children:
+            if upto:
+                self.kinds.update(upto)  # a child that raises (too deep) leaves the later fields' kinds out, as the full loop does
             if model is None:
                 self.quiet_value(values[i], f"{path}.{key}", None, free or sub_free, opaque, config, gate, level + 1)
             else:
                 self.quiet_value(values[i], f"{path}.{key}", sub_model, sub_free or free, sub_opaque, False, gate, level + 1)
+        if plan.kinds:
+            self.kinds.update(plan.kinds)
 
     def quiet_list(self, value: list[Any], path: str, model: type[rt.Body] | None, free: bool, opaque: bool, config: bool, gate: _Gate, level: int) -> None:
         """The quiet walk of a list when the node cap cannot be reached: the list branch of
@@ -620,13 +660,18 @@ class _Run:
                 self.json_doc(doc, text, path, depth, model)
                 return
         if _JSON_START.match(data):
+            gate = None
+            if model is not None:
+                done, gate = self.typed(text, model)
+                if done:
+                    return
             doc = _json_or_none(text)
             if doc is None:
                 doc = _ndjson_or_none(text, self.budget)
             if doc is not None:
                 if model is not None and logs != "json":
                     doc = _as_batch(doc)
-                self.json_doc(doc, text, path, depth, model, raw_json=True)
+                self.json_doc(doc, text, path, depth, model, raw_json=True, gate=gate)
                 return
         if model is not None:
             self.schema_ok = False
@@ -732,7 +777,7 @@ _SCALARS = frozenset({int, float, bool, type(None)})  # leaves the quiet walk ne
 
 _RUN_KINDS = {"model-id": "model-run-id", "model-status": "model-run-status"}
 
-_Child = tuple[int, str, "type[rt.Body] | None", bool, bool]  # (index, key, model, free_text, opaque)
+_Child = tuple[int, str, "type[rt.Body] | None", bool, bool, frozenset[str]]  # (index, key, model, free_text, opaque, kinds of the fields up to it)
 
 
 class _Plan(typing.NamedTuple):
@@ -788,12 +833,12 @@ def _make_plan(model: type[rt.Body] | None, keys: tuple[Any, ...], classes: tupl
                 else:
                     sure = False
             if container:
-                children.append((i, key, spec.model, spec.free_text, spec.opaque))
+                children.append((i, key, spec.model, spec.free_text, spec.opaque, frozenset(kinds)))
         else:
             if config and key in rt.DATA_SOURCE_KEYS:
                 return None
             if container:
-                children.append((i, key, None, key in rt.FREE_TEXT_FIELDS, False))
+                children.append((i, key, None, key in rt.FREE_TEXT_FIELDS, False, frozenset(kinds)))
         strings += vc is str
     return _Plan(frozenset(kinds), tuple(children), strings, sure, tuple(literal))
 
@@ -842,11 +887,11 @@ def _query_checks(run: _Run, path: str | None, route: rt.Route | None) -> None:
 
 
 @functools.lru_cache(maxsize=4096)
-def _path_facts(method: str | None, bare: str | None, host: str | None, gretel: bool, limits: Limits) -> tuple[tuple[DetectorFinding, ...], frozenset[str]]:
+def _path_facts(method: str | None, bare: str | None, host: str | None, gretel: bool) -> tuple[tuple[DetectorFinding, ...], frozenset[str]]:
     """What the method and the path (query removed) say, cached: ids in the query
     change every call, the paths agents poll do not. Only used without a site context
     (fingerprints and canary lists read the path too)."""
-    run = _Run(limits=limits, budget=Budget(limits), ctx=ClassifyContext())
+    run = _Run(limits=_DEFAULT_LIMITS, budget=Budget(_DEFAULT_LIMITS), ctx=ClassifyContext())  # the path checks read no limit
     route = rt.match(method, bare, host) if gretel else None
     _path_checks(run, method, bare, route, gretel)
     return tuple(run.findings), frozenset(run.kinds)
@@ -874,7 +919,7 @@ def classify(
     reason: str | None = None  # why the body was not (wholly) inspected
     try:
         if run.ctx.fingerprints is None and run.ctx.canaries is None:
-            findings, kinds = _path_facts(method, path.split("?", 1)[0] if path is not None else None, host, gretel, lim)
+            findings, kinds = _path_facts(method, path.split("?", 1)[0] if path is not None else None, host, gretel)
             run.findings.extend(f.model_copy() for f in findings)
             run.kinds.update(kinds)
             _query_checks(run, path, route)

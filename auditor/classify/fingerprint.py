@@ -7,7 +7,7 @@ for every token of a body at once (`cmac.py`): a 10 MB body holds a million cand
 tokens, and one keyed hash per token in a Python loop was the whole cost of a big body.
 A big ASCII text is tokenised in place by numpy (`spans`), so no Python string is made
 per token: the 10 MB body of benchmarks/classify.py against 1M cells is classified at
-~44 MB/s of CPU time (was ~7), a third of it tokenising and hashing.
+~58 MB/s of CPU time (was ~7, then ~48), about half of it tokenising and hashing.
 Format 1 files (keyed BLAKE2b) are refused with the command that rebuilds them. "Cell
 pairs of a row" are kept as row ordinals shared by cells: the same test as storing every
 pair digest, in O(cells) instead of O(cells x columns) space, and it yields the row count.
@@ -385,14 +385,17 @@ class Spans:
 
 
 def false_runs(sep: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(starts, ends) of the runs of False in a bool array."""
-    first = np.empty(len(sep), dtype=bool)  # a run starts here
-    first[:1] = ~sep[:1]
-    np.greater(sep[:-1], sep[1:], out=first[1:])
-    last = np.empty(len(sep), dtype=bool)  # a run ends after here
-    last[-1:] = ~sep[-1:]
-    np.greater(sep[1:], sep[:-1], out=last[:-1])
-    return np.flatnonzero(first), np.flatnonzero(last) + 1
+    """(starts, ends) of the runs of False in a bool array, from one pass for the places
+    where the value changes (they alternate: a run's start, its end, the next start...)."""
+    n = len(sep)
+    edges = np.flatnonzero(sep[1:] != sep[:-1]) + 1
+    if n and not sep[0]:
+        starts, ends = np.concatenate((np.zeros(1, dtype=edges.dtype), edges[1::2])), edges[0::2]
+    else:
+        starts, ends = edges[0::2], edges[1::2]
+    if len(ends) < len(starts):
+        ends = np.concatenate((ends, np.array([n], dtype=edges.dtype)))
+    return starts, ends
 
 
 def _strip(low: bytes, cls: np.ndarray, a: np.ndarray, b: np.ndarray) -> None:
@@ -420,14 +423,17 @@ def _strip(low: bytes, cls: np.ndarray, a: np.ndarray, b: np.ndarray) -> None:
         b[i] = a[i] + len(low[a[i] : b[i]].rstrip(_STRIP_BYTES))
 
 
-def spans(text: str) -> Spans:
+def spans(text: str, lowered: str | None = None) -> Spans:
     """`candidates(text)` of an ASCII text longer than _NGRAM_TEXT (no n-grams), as spans:
-    the same delimiters, space folding and strip, over bytes at numpy speed."""
-    low = text.lower().encode("ascii")
-    if b"  " in low:
-        u = np.frombuffer(low, dtype=np.uint8)
+    the same delimiters, space folding and strip, over bytes at numpy speed. `lowered`:
+    `text.lower()` when the caller has it already."""
+    low = (text.lower() if lowered is None else lowered).encode("ascii")
+    u = np.frombuffer(low, dtype=np.uint8)
+    space = u == 0x20
+    second = space[1:] & space[:-1]  # a space after a space (numpy: `b"  " in low` is slower)
+    if second.any():
         keep = np.ones(len(u), dtype=bool)
-        keep[1:] = (u[1:] != 0x20) | (u[:-1] != 0x20)
+        keep[1:] = ~second
         low = u[keep].tobytes()
     cls = np.frombuffer(low.translate(_CLASS), dtype=np.uint8)
     seg = (cls & _F_SEG) != 0
@@ -446,11 +452,12 @@ def spans(text: str) -> Spans:
 Candidates = set[str] | Spans
 
 
-def cells_of(text: str) -> Candidates:
+def cells_of(text: str, lowered: str | None = None) -> Candidates:
     """The candidate cells of a text: `candidates()`, or for a big ASCII text the same
-    cells as `Spans`, hashed in place without a Python string per token."""
+    cells as `Spans`, hashed in place without a Python string per token (`lowered`:
+    `text.lower()`, when the caller made it)."""
     if len(text) > _NGRAM_TEXT and text.isascii():
-        return spans(text)
+        return spans(text, lowered)
     return candidates(text)
 
 

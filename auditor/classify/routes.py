@@ -5,6 +5,9 @@ Sources: `../shared/gretel-hybrid-traffic.md`. Routes marked [inf] are the statu
 log shipping calls that are not in public code; their paths are this auditor's
 inference and are the ones the simulator uses.
 
+Most models also have a msgspec mirror (`typed`): a plain body that it decodes surely
+fits, so the engine reads its kinds off the decoded Structs without walking it.
+
 A body that validates against its route is metadata with the kinds of the fields it
 holds. Fields the model does not know are `extra-field` findings; fields tagged
 `free_text` (msg, ctx, error_msg, traceback, stack_trace, description) get every
@@ -18,9 +21,10 @@ import re
 import types
 import typing
 from dataclasses import dataclass, field
-from typing import Any, Literal, Union
+from typing import Annotated, Any, Literal, Union
 from urllib.parse import parse_qsl
 
+import msgspec
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 KINDS: tuple[str, ...] = (
@@ -399,6 +403,118 @@ def validate(model: type[Body], doc: Any) -> list[str]:
     except ValidationError as exc:
         return [f"{'.'.join(str(p) for p in e['loc']) or '<body>'}: {e['msg']}" for e in exc.errors()[:5]]
     return []
+
+
+# --- typed decoding: one C pass that parses and validates a plain body --------------------
+
+_Int = Annotated[int, msgspec.Meta(ge=-(2**63), le=2**63 - 1)]  # no wider than what orjson reads as an int (bigger ones as floats)
+_Scalar = Union[str, _Int, float, bool, None]
+
+
+@dataclass(frozen=True)
+class Typed:
+    """A route model mirrored as msgspec Structs (unknown fields forbidden, every type no
+    wider than what pydantic accepts in lax mode), so that a body the decoder accepts
+    surely validates. `fields` says where its metadata kinds come from: (name, kinds,
+    the item's Typed when its own fields carry kinds the field does not)."""
+
+    decoder: msgspec.json.Decoder[Any]
+    fields: tuple[tuple[str, tuple[str, ...], "Typed | None"], ...]
+    levels: int  # container levels a decoded body can hold (the body itself is one)
+    struct: type[msgspec.Struct]
+
+
+def _mirror(annotation: Any) -> tuple[Any, int, "Typed | None"] | None:
+    """(msgspec type, container levels, nested Typed) for an annotation, or None when it
+    has no mirror this module vouches for. A dict[str, Any] is narrowed to scalar values:
+    a body with more in it is decoded the ordinary way."""
+    origin = typing.get_origin(annotation)
+    if annotation in (str, bool, type(None), float):
+        return annotation, 0, None
+    if annotation is int:
+        return _Int, 0, None
+    if isinstance(annotation, type) and issubclass(annotation, Body):
+        inner = typed(annotation)
+        return (inner.struct, inner.levels, inner) if inner is not None else None
+    if origin is Literal:
+        return (annotation, 0, None) if all(isinstance(a, str) for a in typing.get_args(annotation)) else None
+    if origin is dict and typing.get_args(annotation) == (str, Any):
+        return dict[str, _Scalar], 1, None
+    if origin is list:
+        (item,) = typing.get_args(annotation)
+        if not (isinstance(item, type) and issubclass(item, Body)):
+            return None
+        inner = typed(item)
+        return (list[inner.struct], 1 + inner.levels, inner) if inner is not None else None  # type: ignore[name-defined]
+    if origin in (Union, types.UnionType):
+        parts = [_mirror(a) for a in typing.get_args(annotation)]
+        if any(p is None for p in parts):
+            return None
+        nested = [p[2] for p in parts if p is not None and p[2] is not None]
+        if len(nested) > 1:
+            return None
+        return Union[tuple(p[0] for p in parts if p is not None)], max(p[1] for p in parts if p is not None), (nested[0] if nested else None)
+    return None
+
+
+_TYPED: dict[type[Body], Typed | None] = {}
+
+
+def typed(model: type[Body]) -> Typed | None:
+    """The model's typed mirror (cached); None for a model with a config field (its YAML
+    and data_source checks need the ordinary walk), a free-text field holding a list (the
+    walk looks for record arrays there) or a type without a mirror."""
+    if model in _TYPED:
+        return _TYPED[model]
+    _TYPED[model] = None  # a model that holds itself has no mirror
+    out: Typed | None = None
+    spec = specs(model)
+    fields: list[tuple[str, Any, Any]] = []
+    sources: list[tuple[str, tuple[str, ...], Typed | None]] = []
+    levels = 1
+    for name, info in model.model_fields.items():
+        m = _mirror(info.annotation)
+        if m is None or spec[name].config or info.alias is not None or (spec[name].free_text and m[2] is not None):
+            break
+        if not info.is_required() and (info.default is not None or info.default_factory is not None):
+            break  # an absent field must decode as None: typed_kinds takes None for "not there"
+        fields.append((name, m[0], msgspec.NODEFAULT if info.is_required() else info.default))
+        inner = m[2]
+        needs = inner is not None and not set(_all_kinds(inner)) <= set(spec[name].kinds)
+        sources.append((name, spec[name].kinds, inner if needs else None))
+        levels = max(levels, 1 + m[1])
+    else:
+        try:
+            struct = msgspec.defstruct(f"{model.__name__}Struct", fields, kw_only=True, forbid_unknown_fields=True)
+            out = Typed(msgspec.json.Decoder(struct), tuple(sources), levels, struct)
+        except TypeError:  # a union msgspec cannot decode (two str-like members, say)
+            out = None
+    _TYPED[model] = out
+    return out
+
+
+def _all_kinds(t: Typed) -> set[str]:
+    """Every kind a value of `t` can add, its items' included."""
+    out: set[str] = set()
+    for _, kinds, inner in t.fields:
+        out.update(kinds)
+        if inner is not None:
+            out |= _all_kinds(inner)
+    return out
+
+
+def typed_kinds(t: Typed, value: Any, out: set[str]) -> None:
+    """The kinds the walk adds for a decoded value: each field present and not null adds
+    its own; items are visited only where they can add more."""
+    for name, kinds, inner in t.fields:
+        v = getattr(value, name)
+        if v is None:
+            continue
+        out.update(kinds)
+        if inner is not None:
+            for item in v if isinstance(v, list) else (v,):
+                if isinstance(item, msgspec.Struct):
+                    typed_kinds(inner, item, out)
 
 
 # --- data_source ---------------------------------------------------------------------

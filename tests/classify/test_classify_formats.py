@@ -9,6 +9,7 @@ import io
 import json
 import os
 import pickle
+import random
 import struct
 import zipfile
 
@@ -105,11 +106,13 @@ def test_stacked_content_codings() -> None:
 
 
 def test_chi_square_tells_compressed_from_encrypted() -> None:
-    compressed = bz2.compress(os.urandom(3000).hex().encode() * 3)
+    # seeded bodies: bz2 of hex text comes out at ~7.5 or ~6.8 bits/byte by the tables bz2
+    # picks (the second is under the entropy gate, rightly: such a blob is not high-entropy)
+    compressed = bz2.compress(random.Random(0).randbytes(3000).hex().encode() * 3)
     info = classify(compressed, method="POST", path="/v2/blob", host=HOST, content_type="application/octet-stream")
     f = next(f for f in info.findings if f.label == "high-entropy")
     assert "compressed" in (f.excerpt or "")
-    info = classify(os.urandom(4096), method="POST", path="/v2/blob", host=HOST, content_type="application/octet-stream")
+    info = classify(random.Random(1).randbytes(4096), method="POST", path="/v2/blob", host=HOST, content_type="application/octet-stream")
     f = next(f for f in info.findings if f.label == "high-entropy")
     assert "encrypted" in (f.excerpt or "")
     assert "high-entropy" not in classify(os.urandom(200), method="POST", path="/v2/blob", host=HOST).labels

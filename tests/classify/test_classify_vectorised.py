@@ -106,6 +106,26 @@ def test_spans_equal_candidates(head: list[str], tail: list[str]) -> None:
     assert isinstance(fpm.cells_of(text), fpm.Spans)
 
 
+@FUZZ
+@given(bits=st.lists(st.booleans(), max_size=64))
+def test_false_runs_equal_the_loop(bits: list[bool]) -> None:
+    runs: list[tuple[int, int]] = []
+    for i, b in enumerate(bits):
+        if not b:
+            if runs and runs[-1][1] == i:
+                runs[-1] = (runs[-1][0], i + 1)
+            else:
+                runs.append((i, i + 1))
+    starts, ends = fpm.false_runs(np.array(bits, dtype=bool))
+    assert list(zip(starts.tolist(), ends.tolist())) == runs
+
+
+def test_spans_fold_runs_of_spaces() -> None:
+    text = _FILLER + "alice   smith,  bob  jones ,x" + " " * 9 + "y\n"
+    assert _span_tokens(text) == fpm.candidates(text) - {""}
+    assert "alice smith" in _span_tokens(text)
+
+
 def test_spans_strip_long_runs_of_strip_characters() -> None:
     text = _FILLER + "." * 100 + "alice smith" + "!" * 50 + " " + "(" * 40 + "x" + ")" * 40 + "\n"
     assert _span_tokens(text) == fpm.candidates(text) - {""}
