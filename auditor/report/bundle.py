@@ -9,13 +9,15 @@ the snapshot, not the live store, so what is signed is exactly what was read.
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import os
 import shutil
 import sqlite3
 import tempfile
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import datetime
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
@@ -207,7 +209,8 @@ def make_report(
         store.close()
 
     files = {f: out_dir / FILE_NAMES[f] for f in ("json", "html", "sarif", "junit") if f in formats or (f == "json" and signing)}
-    _write_all(doc, files)
+    with _collector_paused():
+        _write_all(doc, files)
     if signing and private_key is not None:
         if read_url == str(snapshot):
             files["store"] = snapshot
@@ -236,6 +239,20 @@ def _write(doc: ReportDoc, fmt: str, path: Path) -> None:
         path.write_bytes(orjson.dumps(render_sarif(doc), option=orjson.OPT_APPEND_NEWLINE))  # compact: SARIF is read by tools
     else:
         path.write_text(render_junit(doc), encoding="utf-8")
+
+
+@contextmanager
+def _collector_paused() -> Iterator[None]:
+    """Rendering makes millions of short-lived dicts and strings (no cycles) while the
+    document stays alive: the cyclic collector would walk the whole document again and
+    again for nothing, half the rendering time of a large report."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 FORK_RENDER_ABOVE = 1_000  # findings; below this rendering takes less than starting a process

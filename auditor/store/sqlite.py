@@ -22,6 +22,7 @@ from auditor.store.retention import (
 from auditor.store.verify import verify_links
 
 SCHEMA_VERSION = 1
+SCAN_MMAP = 1 << 40  # bytes of the file a scanning reader may map (SQLite caps it at its compile-time limit)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -237,6 +238,7 @@ class SqliteStore:
         events (the report) sees one snapshot of its ranges."""
         db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
         try:
+            db.execute(f"PRAGMA mmap_size = {SCAN_MMAP}")  # a whole-table scan reads pages in place, not copied by read()
             db.execute("BEGIN")
             for start, stop in ranges:
                 where, args = "1", []
