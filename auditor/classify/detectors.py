@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import hyperscan
 import numpy as np
 
+from auditor.classify.decode import utf8
 from auditor.classify.scan import database, scan
 from auditor.model import DetectorFinding
 from auditor.redact import SECRET_PATTERNS, secret_excerpt
@@ -248,7 +249,7 @@ def keyword_hits(lowered: str, sightings: list[Sighting] | None = None, marks: s
     """One pass for every keyword: detector name -> keywords seen. Empty for most metadata.
     `sightings`, when given, receives every match with its offset (for `_spans`); `marks`
     the MARKS in the text."""
-    data = lowered.encode("utf-8", "surrogatepass")
+    data = utf8(lowered)
     found = scan(_KEYWORD_DB, data)
     if found:
         words = [f for f in found if f[0] < _N_KEYWORDS]
@@ -504,7 +505,7 @@ def pii_hits(text: str) -> list[PiiHit]:
             out.append(PiiHit("email", m.start(), m.group(0)))
             last = m.end()
         at = text.find("@", max(at + 1, last))
-    data = text.encode("utf-8", "surrogatepass")
+    data = utf8(text)
     digits, upper, openings = _shapes(data)
     for c in _DIGIT_CAND.finditer(text) if digits else ():
         cand = c.group(0)
