@@ -56,8 +56,7 @@ def decoded_size(body: bytes, encoding: str | None, limits: Limits) -> Sizes:
 
 
 def inspect_whole(body: bytes, ctx: BodyContext, limits: Limits) -> PayloadInfo:
-    """Classify a body held whole (at most the inspect cap)."""
-    digest = hashlib.sha256(body).hexdigest()
+    """Classify a body held whole (at most the inspect cap); the classifier hashes it."""
     info = classify(
         body,
         method=ctx.method,
@@ -68,7 +67,6 @@ def inspect_whole(body: bytes, ctx: BodyContext, limits: Limits) -> PayloadInfo:
         limits=limits,
         context=ctx.context,
     )
-    info.sha256 = info.sha256 or digest
     info.size = info.size or len(body)
     return info
 
