@@ -189,10 +189,7 @@ class AuditorAddon:
                 future.result()
             except Exception:  # `_finish_http` records the failure from the future itself
                 pass
-            if flow.metadata.get("auditor_finish_wanted"):
-                self._finish_http(flow)
-            else:
-                self._prepare_event(flow)
+            self._pool_done(flow)
         self._pooled.clear()
         if self.pool is not None:
             self.pool.close()

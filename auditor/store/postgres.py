@@ -296,22 +296,7 @@ class PostgresStore:
 
     def event_bodies(self, since: datetime | None = None, until: datetime | None = None) -> Iterator[bytes]:
         """Keyset pages, each its own statement: a caller may write between pages."""
-        lo = time_us(since) if since else -(2**62)
-        hi = time_us(until) if until else 2**62
-        key: tuple[int, str, int] = (lo - 1, "", 0)
-        while True:
-            with self._lock:
-                rows = self._conn.execute(
-                    "SELECT time_us, sensor_id, seq, body FROM records WHERE kind = 'event' "
-                    "AND time_us >= %s AND time_us < %s AND (time_us, sensor_id, seq) > (%s, %s, %s) "
-                    "ORDER BY time_us, sensor_id, seq LIMIT %s",
-                    (lo, hi, *key, _PAGE),
-                ).fetchall()
-            for t, s, seq, body in rows:
-                yield bytes(body)
-                key = (t, s, seq)
-            if len(rows) < _PAGE:
-                return
+        return (body for *_, body in self.event_rows(since, until))
 
     def event_rows(
         self, since: datetime | None = None, until: datetime | None = None, *,

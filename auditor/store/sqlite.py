@@ -62,6 +62,19 @@ def time_us(value: datetime) -> int:
     return (value - _EPOCH) // _MICROSECOND
 
 
+def _key_range(start: tuple[str, int] | None, stop: tuple[str, int] | None) -> tuple[str, list[object]]:
+    """The SQL (to follow a WHERE condition) and arguments of a (start included, stop
+    excluded) range of (sensor_id, seq) keys; an open end adds nothing."""
+    sql, args = "", []
+    if start is not None:
+        sql += " AND (sensor_id, seq) >= (?, ?)"
+        args += start
+    if stop is not None:
+        sql += " AND (sensor_id, seq) < (?, ?)"
+        args += stop
+    return sql, args
+
+
 class SqliteStore:
     """Batches are single transactions; the checkpoint moves in the same one."""
 
@@ -145,14 +158,8 @@ class SqliteStore:
         where = "kind = 'event' AND time_us >= ? AND time_us < ?"
         if not since and not until:
             where = "+kind = 'event' AND +time_us >= ? AND +time_us < ?"  # unary + keeps the time index out of the plan
-        args: list[object] = [lo, hi]
-        if start is not None:
-            where += " AND (sensor_id, seq) >= (?, ?)"
-            args += start
-        if stop is not None:
-            where += " AND (sensor_id, seq) < (?, ?)"
-            args += stop
-        return self._db.execute(f"SELECT time_us, sensor_id, seq, body FROM records WHERE {where}", args)  # noqa: S608 - constants only
+        keys, key_args = _key_range(start, stop)
+        return self._db.execute(f"SELECT time_us, sensor_id, seq, body FROM records WHERE {where}{keys}", [lo, hi, *key_args])  # noqa: S608 - constants only
 
     def _event_rows(self, since: datetime | None, until: datetime | None) -> sqlite3.Cursor:
         lo = time_us(since) if since else -(2**62)
@@ -241,15 +248,9 @@ class SqliteStore:
             db.execute(f"PRAGMA mmap_size = {SCAN_MMAP}")  # a whole-table scan reads pages in place, not copied by read()
             db.execute("BEGIN")
             for start, stop in ranges:
-                where, args = "1", []
-                if start is not None:
-                    where += " AND (sensor_id, seq) >= (?, ?)"
-                    args += start
-                if stop is not None:
-                    where += " AND (sensor_id, seq) < (?, ?)"
-                    args += stop
+                keys, args = _key_range(start, stop)
                 yield from db.execute(
-                    f"SELECT sensor_id, seq, kind, time_us, body, prev_hash, hash FROM records WHERE {where} ORDER BY sensor_id, seq",  # noqa: S608 - constants only
+                    f"SELECT sensor_id, seq, kind, time_us, body, prev_hash, hash FROM records WHERE 1{keys} ORDER BY sensor_id, seq",  # noqa: S608 - constants only
                     args,
                 )
             db.execute("COMMIT")

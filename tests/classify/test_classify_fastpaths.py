@@ -33,17 +33,6 @@ HOST = "api.gretel.cloud"
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 
 
-@pytest.fixture(scope="module")
-def unrelated_fps(tmp_path_factory: pytest.TempPathFactory) -> ClassifyContext:
-    """A fingerprint set of values that appear in no body below: it adds no finding,
-    but it switches the quiet proof off, so classify() takes the full per-string walk."""
-    tmp = tmp_path_factory.mktemp("fps")
-    (tmp / "d.csv").write_text("a,b,c\n" + "".join(f"zqxj{i:04d}wv,vwjq{i:04d}xz,kqzv{i:04d}jj\n" for i in range(20)))
-    (tmp / "K").write_bytes(os.urandom(32))
-    build(tmp / "d.csv", tmp / "d.fp", tmp / "K")
-    return load_context(fingerprints=tmp / "d.fp", key_file=tmp / "K")
-
-
 def _verdict(info: PayloadInfo) -> tuple[object, ...]:
     return (
         info.labels,

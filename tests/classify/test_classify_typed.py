@@ -11,7 +11,6 @@ off (the route's mirror removed), and against the full per-string walk.
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -20,27 +19,15 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from auditor.classify import ClassifyContext, Limits, classify, load_context
+from auditor.classify import ClassifyContext, Limits, classify
 from auditor.classify import engine
 from auditor.classify import routes as rt
-from auditor.classify.fingerprint import build
 from auditor.model import PayloadInfo
 
 HOST = "api.gretel.cloud"
 FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 
 TYPED_ROUTES = [(r.method, r.template.replace("{", "").replace("}", ""), r.body) for r in rt.ROUTES if r.body is not None and rt.typed(r.body) is not None]
-
-
-@pytest.fixture(scope="module")
-def unrelated_fps(tmp_path_factory: pytest.TempPathFactory) -> ClassifyContext:
-    """A fingerprint set matching nothing below: it switches the quiet proof (and so the
-    typed path) off, so classify() takes the full per-string walk."""
-    tmp = tmp_path_factory.mktemp("fps")
-    (tmp / "d.csv").write_text("a,b\n" + "".join(f"zqxj{i:04d}wv,vwjq{i:04d}xz\n" for i in range(10)))
-    (tmp / "K").write_bytes(os.urandom(32))
-    build(tmp / "d.csv", tmp / "d.fp", tmp / "K")
-    return load_context(fingerprints=tmp / "d.fp", key_file=tmp / "K")
 
 
 def _verdict(info: PayloadInfo) -> tuple[object, ...]:
