@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mitmproxy.tools.dump import DumpMaster
+from mitmproxy.master import Master
 
 from auditor.errors import AuditorError
 from auditor.probe.engine import ProbeConfig
@@ -33,7 +33,7 @@ class ProxyThread:
         self.address: tuple[str, int] | None = None
         self.error: BaseException | None = None
         self._ready = threading.Event()
-        self._master: DumpMaster | None = None
+        self._master: Master | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread = threading.Thread(target=self._run, name="auditor-proxy", daemon=True)
 
@@ -63,7 +63,7 @@ class ProxyThread:
             self.address = (host, port)
             self._ready.set()
 
-        def keep(master: DumpMaster) -> None:
+        def keep(master: Master) -> None:
             self._master = master
             self._loop = asyncio.get_running_loop()
 

@@ -21,7 +21,6 @@ import socket
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future
 from typing import Any
 
 from cryptography import x509
@@ -104,7 +103,7 @@ class AuditorAddon:
         self._name_check_cache: dict[tuple[Any, ...], tuple[str, ...]] = {}
         self.pool: ClassifyPool | None = None
         self._pool_key: tuple[Any, ...] | None = None
-        self._pooled: dict[str, tuple[http.HTTPFlow, Future[PayloadInfo]]] = {}
+        self._pooled: dict[str, tuple[http.HTTPFlow, asyncio.Future[PayloadInfo]]] = {}
 
     # --- options and lifecycle -------------------------------------------------
 
@@ -181,19 +180,14 @@ class AuditorAddon:
             self.pool = ClassifyPool(workers, files, max_bytes=8 * self.cap)
 
     def _close_pool(self) -> None:
-        """Record every flow still being classified, then stop the workers."""
-        for flow, future in list(self._pooled.values()):
-            if self.mode == "enforce":  # `request` awaits its own verdict
-                continue
-            try:
-                future.result()
-            except Exception:  # `_finish_http` records the failure from the future itself
-                pass
-            self._pool_done(flow)
-        self._pooled.clear()
+        """Stop the workers once they have answered every body they hold, then record those flows."""
         if self.pool is not None:
             self.pool.close()
             self.pool = None
+        for flow, _ in list(self._pooled.values()):
+            if self.mode != "enforce":  # `request` awaits its own verdict
+                self._pool_done(flow)
+        self._pooled.clear()
 
     def _config(self) -> dict[str, Any]:
         opts = ctx.options
@@ -527,8 +521,7 @@ class AuditorAddon:
             return
         payload = None
         if self._to_pool(flow):  # this flow waits for its verdict; the others keep moving
-            future = self._pooled[flow.id][1]
-            await asyncio.wrap_future(future)
+            await asyncio.wait((self._pooled[flow.id][1],))
             payload = self._pool_result(flow)
         event = self._http_event(flow, payload)
         flow.metadata["auditor_event"] = event
@@ -611,8 +604,7 @@ class AuditorAddon:
         self._pooled[flow.id] = (flow, future)
         self.counts["classified_in_workers"] += 1
         flow.metadata["auditor_tunnel"] = self._tunnels.get(flow.client_conn.id)  # the client may be gone when the answer comes
-        loop = asyncio.get_running_loop()
-        future.add_done_callback(lambda _: loop.call_soon_threadsafe(self._pool_done, flow))
+        future.add_done_callback(lambda _: self._pool_done(flow))
         return True
 
     def _pool_done(self, flow: http.HTTPFlow) -> None:

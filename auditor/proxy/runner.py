@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Literal
 
 from mitmproxy import exceptions, options
-from mitmproxy.tools.dump import DumpMaster
+from mitmproxy.addons import block, core, disable_h2c, dns_resolver, errorcheck, next_layer, proxyauth, proxyserver, tlsconfig, upstream_auth
+from mitmproxy.master import Master
 from pydantic import BaseModel, Field, ValidationError, field_validator
 
 from auditor.errors import AuditorError
@@ -120,16 +121,40 @@ class _Ready:
             self.callback(addrs[0][0], addrs[0][1])
 
 
+def auditor_master() -> Master:
+    """mitmproxy with only the addons a sensor needs.
+
+    Every hook of every request visits every loaded addon; mitmdump's thirty (replay,
+    rewriting, cookies, export, onboarding, ...) cost about as much per small request
+    as recording it does. What stays is the proxy itself, TLS, client blocking and
+    proxy auth, upstream auth for upstream modes, and the start-up error check.
+    """
+    master = Master(options.Options())
+    master.addons.add(
+        core.Core(),
+        block.Block(),
+        proxyauth.ProxyAuth(),
+        proxyserver.Proxyserver(),
+        dns_resolver.DnsResolver(),
+        next_layer.NextLayer(),
+        tlsconfig.TlsConfig(),
+        upstream_auth.UpstreamAuth(),
+        disable_h2c.DisableH2C(),
+        errorcheck.ErrorCheck(),
+    )
+    return master
+
+
 async def serve(
     config: ProxyConfig,
     *,
     on_ready: Callable[[str, int], None] | None = None,
-    on_master: Callable[[DumpMaster], None] | None = None,
+    on_master: Callable[[Master], None] | None = None,
     install_signals: bool = True,
 ) -> AuditorAddon:
     """Run until shut down; returns the addon (its counts) after the store is flushed."""
     ensure_ca(config.confdir)
-    master = DumpMaster(options.Options(), with_termlog=False, with_dumper=False)
+    master = auditor_master()
     addon = AuditorAddon()
     master.addons.add(addon)
     if on_ready is not None:
