@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import io
 import re
 import tarfile
@@ -21,8 +22,11 @@ from dataclasses import dataclass
 from urllib.parse import parse_qsl
 
 import brotli
+import hyperscan
 import zstandard
 from pydantic import BaseModel, ConfigDict, Field
+
+from auditor.classify.scan import any_match, database
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -414,7 +418,8 @@ _B64_BYTES = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/=
 # base64-alphabet bytes become "x", every other byte (non-ASCII included) a space
 _RUN_MASK = bytes(0x78 if b in _B64_BYTES else 0x20 for b in range(256))
 _HEX_CHARS = frozenset(b"0123456789abcdefABCDEF")
-_HAS_DIGIT_B = re.compile(rb"\d")
+_HEX_BYTES = bytes(sorted(_HEX_CHARS))
+_DIGITS = b"0123456789"
 
 
 def utf8(text: str) -> bytes:
@@ -423,11 +428,26 @@ def utf8(text: str) -> bytes:
     return text.encode("ascii") if text.isascii() else text.encode("utf-8", "surrogatepass")
 
 
-def long_runs(text: str, min_len: int) -> Iterator[bytes]:
-    """Runs of the base64 alphabet of at least min_len characters, as bytes: one C-level
-    translate and one substring search per long run, so short words cost nothing (the
-    alphabet is ASCII, so the UTF-8 bytes split exactly where the text does)."""
-    raw = utf8(text)
+_BIG_TEXT = 64 * KiB  # from this size a Hyperscan pass first looks for any long run at all
+
+
+@functools.lru_cache(maxsize=8)
+def _run_database(min_len: int) -> hyperscan.Database:
+    """min_len characters of the base64 alphabet in a row (a run at least that long)."""
+    return database([b"[A-Za-z0-9+/=_\\-]{%d}" % min_len], literal=False, flags=[hyperscan.HS_FLAG_SINGLEMATCH])
+
+
+def maybe_encoded(text: str, min_len: int, raw: bytes | None = None) -> bool:
+    """False only when `encoded_runs` would certainly yield nothing: no run of the
+    base64 alphabet that is long enough, carries a digit or mixes case, and is not a
+    short hex id (ObjectIds, UUIDs, hashes). One C-level translate and one substring
+    search per long run, so short words cost nothing (the alphabet is ASCII, so the UTF-8
+    bytes split exactly where the text does). `raw`: `utf8(text)`, when the caller made it."""
+    if len(text) < min_len:
+        return False
+    raw = utf8(text) if raw is None else raw
+    if len(raw) >= _BIG_TEXT and not any_match(_run_database(min_len), raw):
+        return False  # no run long enough anywhere, told by one Hyperscan pass (~3x the translate's speed)
     mask = raw.translate(_RUN_MASK)
     needle = b"x" * min_len
     i = mask.find(needle)
@@ -435,20 +455,11 @@ def long_runs(text: str, min_len: int) -> Iterator[bytes]:
         end = mask.find(b" ", i + min_len)
         if end == -1:
             end = len(mask)
-        yield raw[i:end]
+        r = raw[i:end]
         i = mask.find(needle, end)
-
-
-def maybe_encoded(text: str, min_len: int) -> bool:
-    """False only when `encoded_runs` would certainly yield nothing: no run of the
-    base64 alphabet that is long enough, carries a digit or mixes case, and is not a
-    short hex id (ObjectIds, UUIDs, hashes)."""
-    if len(text) < min_len:
-        return False
-    for r in long_runs(text, min_len):
-        if _HAS_DIGIT_B.search(r) is None and (r.islower() or r.isupper()):
+        if len(r.translate(None, _DIGITS)) == len(r) and (r.islower() or r.isupper()):
             continue
-        if len(r) < 128 and not len(r) % 2 and _HEX_CHARS.issuperset(r) and not binascii.unhexlify(r).isascii():
+        if len(r) < 128 and not len(r) % 2 and not r.translate(None, _HEX_BYTES) and not binascii.unhexlify(r).isascii():
             continue
         return True
     return False

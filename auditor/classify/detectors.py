@@ -20,7 +20,7 @@ import hyperscan
 import numpy as np
 
 from auditor.classify.decode import utf8
-from auditor.classify.scan import database, scan
+from auditor.classify.scan import any_match, database, scan
 from auditor.model import DetectorFinding
 from auditor.redact import SECRET_PATTERNS, secret_excerpt
 
@@ -88,6 +88,32 @@ class Magic:
 def magic(data: bytes) -> Magic | None:
     """File formats that must never reach the control plane, by their first bytes."""
     head = data[:16]
+    if head[:1] in _LEADS:
+        found = _led_magic(data, head)
+        if found:
+            return found
+    if data[4:8] == b"TFL3":
+        return Magic("model-artifact", "TensorFlow Lite model")
+    if len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5:
+        return Magic("model-artifact", f"Python pickle (protocol {head[1]})")
+    if len(data) >= 10:
+        (n,) = struct.unpack("<Q", data[:8])
+        if 2 <= n <= min(len(data) - 8, 100 << 20) and data[8:9] == b"{":
+            header = data[8 : 8 + min(n, 4096)]
+            if b"dtype" in header and (b"data_offsets" in header or b"__metadata__" in header):
+                return Magic("model-artifact", "safetensors weights")
+    if head[:1] == b"\x08" and len(data) > 32:
+        window = data[:512]
+        if b"onnx" in window.lower() or (b"pytorch" in window and b"\x3a" in window):
+            return Magic("model-artifact", "ONNX model")
+    return None
+
+
+_LEADS = frozenset(bytes([b]) for b in b"PAO\xffGgl\x93\x89")  # the first bytes `_led_magic` knows
+
+
+def _led_magic(data: bytes, head: bytes) -> Magic | None:
+    """The formats known by their opening bytes, checked before the rest in `magic`."""
     if head[:4] == b"PAR1":
         return Magic("training-data", "Parquet file")
     if head[:6] == b"ARROW1":
@@ -108,20 +134,6 @@ def magic(data: bytes) -> Magic | None:
         return Magic("model-artifact", "NumPy array")
     if head[:8] == b"\x89HDF\r\n\x1a\n":
         return Magic("model-artifact", "HDF5 (Keras) weights")
-    if data[4:8] == b"TFL3":
-        return Magic("model-artifact", "TensorFlow Lite model")
-    if len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5:
-        return Magic("model-artifact", f"Python pickle (protocol {head[1]})")
-    if len(data) >= 10:
-        (n,) = struct.unpack("<Q", data[:8])
-        if 2 <= n <= min(len(data) - 8, 100 << 20) and data[8:9] == b"{":
-            header = data[8 : 8 + min(n, 4096)]
-            if b"dtype" in header and (b"data_offsets" in header or b"__metadata__" in header):
-                return Magic("model-artifact", "safetensors weights")
-    if head[:1] == b"\x08" and len(data) > 32:
-        window = data[:512]
-        if b"onnx" in window.lower() or (b"pytorch" in window and b"\x3a" in window):
-            return Magic("model-artifact", "ONNX model")
     return None
 
 
@@ -245,11 +257,14 @@ _KEYWORD_DB = database(
 Sighting = tuple[int, tuple[str, tuple[str, ...]]]  # (offset of the keyword's last character, (keyword, detectors))
 
 
-def keyword_hits(lowered: str, sightings: list[Sighting] | None = None, marks: set[str] | None = None) -> dict[str, set[str]]:
+def keyword_hits(lowered: str | None, sightings: list[Sighting] | None = None, marks: set[str] | None = None, data: bytes | None = None) -> dict[str, set[str]]:
     """One pass for every keyword: detector name -> keywords seen. Empty for most metadata.
     `sightings`, when given, receives every match with its offset (for `_spans`); `marks`
-    the MARKS in the text."""
-    data = utf8(lowered)
+    the MARKS in the text; `data`, `utf8(lowered)` when the caller made it (then `lowered`
+    may be None)."""
+    if data is None:
+        assert lowered is not None
+        data = utf8(lowered)
     found = scan(_KEYWORD_DB, data)
     if found:
         words = [f for f in found if f[0] < _N_KEYWORDS]
@@ -264,7 +279,7 @@ def keyword_hits(lowered: str, sightings: list[Sighting] | None = None, marks: s
             hits.setdefault(d, set()).add(word)
     if sightings is not None and found:
         ends = np.fromiter((end for _, end in found), dtype=np.int64, count=len(found)) - 1
-        if len(data) != len(lowered):
+        if not data.isascii():
             # byte offsets to character offsets: less the UTF-8 continuation bytes before each
             u = np.frombuffer(data, dtype=np.uint8)
             ends -= np.searchsorted(np.flatnonzero((u & 0xC0) == 0x80), ends)
@@ -490,7 +505,33 @@ def _shapes(data: bytes) -> tuple[bool, bool, list[int]]:
     return any(p < first_upper for p, _ in found), any(p >= first_upper for p, _ in found), openings
 
 
-def pii_hits(text: str) -> list[PiiHit]:
+def _literal_regex(word: str) -> bytes:
+    """A literal as a Hyperscan regex: letters and digits as they are, every other byte escaped."""
+    return b"".join(bytes([c]) if chr(c).isalnum() else b"\\x%02x" % c for c in word.encode())
+
+
+# what a string detector starts from besides the PII shapes: a keyword (either case: ASCII
+# only, where lower() is exactly ASCII case folding), a MARK, a percent escape, an "@" (emails)
+_SIGNS_DB = database(
+    [_literal_regex(w) for w, _ in _KEYWORD_LIST] + [_literal_regex(m) for m in MARKS] + [rb"%[0-9A-Fa-f]{2}", rb"@"],
+    literal=False,
+    flags=[hyperscan.HS_FLAG_CASELESS | hyperscan.HS_FLAG_SINGLEMATCH] * _N_KEYWORDS + [hyperscan.HS_FLAG_SINGLEMATCH] * (len(MARKS) + 2),
+)
+
+
+def silent(text: str, data: bytes | None = None) -> bool:
+    """True only when an ASCII text holds no keyword, no MARK, no percent escape and no
+    personal data: what `keyword_hits(text.lower())`, `has_percent_escapes` and
+    `pii_hits` would each find nothing in, proven by two Hyperscan passes that stop at
+    the first sign of anything (the PII shapes apart: one database of both runs slower).
+    False says only "look the ordinary way". `data`: the text's bytes, when made already."""
+    if not text.isascii():
+        return False
+    data = text.encode("ascii") if data is None else data
+    return not any_match(_SIGNS_DB, data) and not any_match(_SHAPE_DB, data)
+
+
+def pii_hits(text: str, data: bytes | None = None) -> list[PiiHit]:
     """Personal data shapes with their checks (Luhn for cards, SSA rules for SSNs, mod-97 for IBANs).
 
     Three cheap passes find candidates (an `@`, a run of digits and separators, an
@@ -505,7 +546,7 @@ def pii_hits(text: str) -> list[PiiHit]:
             out.append(PiiHit("email", m.start(), m.group(0)))
             last = m.end()
         at = text.find("@", max(at + 1, last))
-    data = utf8(text)
+    data = utf8(text) if data is None else data
     digits, upper, openings = _shapes(data)
     for c in _DIGIT_CAND.finditer(text) if digits else ():
         cand = c.group(0)
@@ -563,13 +604,14 @@ _DELIMS = (",", "\t", ";", "|")
 _CSV_BY_LINES = 64 * 1024  # from this size (ASCII), lines are counted by numpy
 
 
-def csv_block(text: str, min_rows: int = 3) -> tuple[int, int, int, str] | None:
+def csv_block(text: str, min_rows: int = 3, data: bytes | None = None) -> tuple[int, int, int, str] | None:
     """The first run of >= min_rows consecutive lines with the same number (>= 2) of one
-    delimiter: (offset, rows, columns, delimiter). Traceback frames do not count."""
+    delimiter: (offset, rows, columns, delimiter). Traceback frames do not count. `data`:
+    the text's UTF-8 bytes, when the caller made them."""
     if text.count("\n") < min_rows - 1:
         return None
     if len(text) >= _CSV_BY_LINES and text.isascii():
-        return _csv_block_counted(text, min_rows)
+        return _csv_block_counted(text, min_rows, data)
     return _csv_block_walked(text, min_rows)
 
 
@@ -578,10 +620,10 @@ def _csv_cols(line: str, delim: str) -> int:
     return stripped.count(delim) if stripped and not stripped.startswith(("File \"", "at ", "Traceback")) else 0
 
 
-def _csv_block_counted(text: str, min_rows: int) -> tuple[int, int, int, str] | None:
+def _csv_block_counted(text: str, min_rows: int, data: bytes | None = None) -> tuple[int, int, int, str] | None:
     """`_csv_block_walked` for a big ASCII text: numpy counts each delimiter per line, and
     only lines holding two or more (the only ones that can be in a block) are looked at."""
-    u = np.frombuffer(text.encode("ascii"), dtype=np.uint8)
+    u = np.frombuffer(text.encode("ascii") if data is None else data, dtype=np.uint8)
     ends = np.append(np.flatnonzero(u == 0x0A), len(u))  # line k is text[starts[k]:ends[k]]
     starts = np.concatenate(([0], ends[:-1] + 1))
     for delim in _DELIMS:
@@ -618,11 +660,11 @@ def _csv_block_counted(text: str, min_rows: int) -> tuple[int, int, int, str] | 
 def _csv_block_walked(text: str, min_rows: int) -> tuple[int, int, int, str] | None:
     offset = 0
     for delim in _DELIMS:
-        if delim not in text:
-            continue
+        if text.count(delim) < 2 * min_rows:
+            continue  # a block is min_rows lines of two or more delimiters each
         run_start, run_len, run_cols, pos = 0, 0, -1, 0
         for line in text.split("\n"):
-            cols = _csv_cols(line, delim)
+            cols = _csv_cols(line, delim) if line.count(delim) >= 2 else 0  # stripping only lowers the count
             if cols >= 2 and cols == run_cols:
                 run_len += 1
             elif cols >= 2:

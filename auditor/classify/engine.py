@@ -8,14 +8,17 @@ encoded-run search) decide which per-field detectors run. Plain metadata (no key
 escape, encoded run or personal data anywhere in the raw text) on a route whose model
 has a msgspec mirror (`routes.typed`) is parsed and validated in one C pass into
 Structs, and only the metadata kinds are read off it: no dict per object and no walk,
-so a 5,000-entry status history costs what its decoding costs. Other plain metadata
+so a 5,000-entry status history costs what its decoding costs. That the raw text is
+plain is proven without making a gate: two Hyperscan passes that stop at the first
+sign of anything (`detectors.silent`) and the encoded-run search. Query values the
+keyword pass and the run search find nothing in only count nodes. Other plain metadata
 costs one parse, a few C-level scans and a structure-only walk (one loop per shape of
 dict, not per dict) that also checks each value's type against the route schema, so
-pydantic runs only for a body the walk cannot vouch for. Measured in CPU time on a
-shared 2-core machine (2026-11, load ~2): the benchmarks/classify.py mix of ~1 KB
-bodies at ~20.5k/s (was ~14.7k/s; json.loads of the same: ~130k/s), the 256 KB status
-update of benchmarks/proxy_overhead.py in ~1.9 ms (was ~7.7 ms; orjson.loads alone
-~0.7 ms).
+pydantic runs only for a body the walk cannot vouch for. Measured on a shared 2-core
+machine (2026-11-26, load ~1.5-1.8, wall clock, best of 5): the benchmarks/classify.py mix
+of ~1 KB bodies at ~21-22k/s (the code before the one-pass proofs: ~19.5-20.4k/s in the
+same runs; json.loads of the same: ~132k/s), the 256 KB status update of
+benchmarks/proxy_overhead.py in ~1.8 ms (was ~1.9 ms; orjson.loads alone ~0.7 ms).
 """
 
 from __future__ import annotations
@@ -53,6 +56,7 @@ from auditor.classify.decode import (
     media_type,
     multipart,
     tar_entries,
+    utf8,
     zip_entries,
 )
 from auditor.classify.fingerprint import Candidates, FingerprintSet, cells_of
@@ -92,7 +96,7 @@ _SHORT_FIELD = 256  # a "name" longer than this is treated as free text
 _MAX_FINDINGS = 200
 
 
-@dataclass
+@dataclass(slots=True)
 class _Gate:
     """What one pass over a text found; every string inside that text is judged under it."""
 
@@ -101,8 +105,10 @@ class _Gate:
     sightings: list[det.Sighting] | None = None  # kept for big texts: their keyword offsets
     verbatim: bool = True  # the text holds its strings' characters as they are (no escapes)
     words: set[str] | None = None  # the keywords seen, once asked for
-    lowered: str | None = None  # the text in lower case, as the pass read it
+    lowered: str | None = None  # the text in lower case, as the pass read it (None for ASCII: see low_data)
     marks: set[str] | None = None  # det.MARKS in the text (None: not looked for)
+    data: bytes | None = None  # the text's UTF-8 bytes, made once for every detector that reads bytes
+    low_data: bytes | None = None  # the same of `lowered`
 
     def hits_in(self, inner: str) -> dict[str, set[str]]:
         """`keyword_hits(inner.lower())` for a string inside the gated text: when the text
@@ -111,12 +117,26 @@ class _Gate:
         escapes of those do not hide one)."""
         if not self.verbatim:
             return det.keyword_hits(inner.lower())
+        return det.keyword_hits_among(inner.lower(), self.seen())
+
+    def may_hit(self, inner: str) -> bool:
+        """False when `hits_in(inner)` is surely empty, told without building it: the
+        common case of a string without any of the few keywords the gate saw."""
+        if not self.verbatim:
+            return True
+        low = inner.lower()
+        for w in self.seen():
+            if w in low:
+                return True
+        return False
+
+    def seen(self) -> set[str]:
         if self.words is None:
             self.words = {w for words in self.hits.values() for w in words}
-        return det.keyword_hits_among(inner.lower(), self.words)
+        return self.words
 
 
-@dataclass
+@dataclass(slots=True)
 class _Run:
     limits: Limits
     budget: Budget
@@ -149,12 +169,20 @@ class _Run:
 
     # --- per-text detectors -------------------------------------------------------------
 
-    def gate(self, text: str) -> _Gate:
+    def gate(self, text: str, data: bytes | None = None) -> _Gate:
+        """`data`: the text's UTF-8 bytes, when the caller decoded the text from them."""
         sightings: list[det.Sighting] | None = [] if len(text) > det.WINDOWED else None
-        lowered = text.lower()
         marks: set[str] = set()
-        hits = det.keyword_hits(lowered, sightings, marks)
-        return _Gate(hits=hits, runs=maybe_encoded(text, self.limits.min_embedded), sightings=sightings, lowered=lowered, marks=marks)
+        data = utf8(text) if data is None else data
+        lowered: str | None = None
+        if len(data) == len(text):
+            low_data = data.lower()  # ASCII: the bytes' lower() is str.lower(), without the str
+        else:
+            lowered = text.lower()
+            low_data = utf8(lowered)
+        hits = det.keyword_hits(lowered, sightings, marks, low_data)
+        runs = maybe_encoded(text, self.limits.min_embedded, data)
+        return _Gate(hits=hits, runs=runs, sightings=sightings, lowered=lowered, marks=marks, data=data, low_data=low_data)
 
     def keyworded(self, text: str, path: str, gate: _Gate, *, whole: bool) -> None:
         """Credentials, canaries and report keys in one string (the gate said some may be there)."""
@@ -176,12 +204,13 @@ class _Run:
             if rep:
                 self.add(rep)
 
-    def free_text(self, text: str, path: str, depth: int) -> None:
-        """What only free text gets: personal data, CSV blocks, JSON records inside a string."""
+    def free_text(self, text: str, path: str, depth: int, data: bytes | None = None) -> None:
+        """What only free text gets: personal data, CSV blocks, JSON records inside a string.
+        `data`: the text's UTF-8 bytes, when made already."""
         self.budget.tick()
-        for hit in det.pii_hits(text):
+        for hit in det.pii_hits(text, data):
             self.pii.append((path, hit))
-        block = det.csv_block(text)
+        block = det.csv_block(text, data=data)
         if block:
             off, rows, cols, delim = block
             self.finding("tabular:csv", "training-data", path, f"{rows} delimited rows x {cols} columns ({delim!r}), values redacted", "LIKELY", off, rows)
@@ -197,12 +226,17 @@ class _Run:
                 self.walk(doc, f"{path}<json>", None, depth, free=True, opaque=False, config=False, gate=gate, level=0)
 
     def leaf(self, s: str, path: str, depth: int, gate: _Gate, *, free: bool, opaque: bool, key: str | None = None) -> None:
-        self.budget.node()
+        budget = self.budget
+        budget.nodes += 1
+        if budget.nodes > self.limits.max_nodes:
+            budget.node(0)
         if self.quiet:
             return
         if gate.hits:
             # the key travels with the value: `secret_access_key: …` is what the patterns know
-            self.keyworded(f"{key}: {s}" if key else s, path, gate, whole=False)
+            keyed = f"{key}: {s}" if key else s
+            if gate.may_hit(keyed):
+                self.keyworded(keyed, path, gate, whole=False)
         if self.ctx.fingerprints is not None and not opaque:
             self.tokens.append((path, cells_of(s)))
         if len(s) >= self.limits.min_embedded and gate.runs and not opaque and maybe_encoded(s, self.limits.min_embedded):
@@ -237,9 +271,10 @@ class _Run:
                 if f:
                     self.add(f)
 
-    def text(self, text: str, path: str, depth: int, *, free: bool) -> None:
-        """A whole text part (a body, a decoded run): every detector."""
-        gate = self.gate(text)
+    def text(self, text: str, path: str, depth: int, *, free: bool, data: bytes | None = None) -> None:
+        """A whole text part (a body, a decoded run): every detector. `data`: the UTF-8
+        bytes the text was decoded from, if it was."""
+        gate = self.gate(text, data)
         stripped = text.lstrip()
         if stripped[:1] in ("{", "["):
             doc = _json_or_none(stripped)
@@ -253,14 +288,14 @@ class _Run:
         if gate.hits:
             self.keyworded(text, path, gate, whole=True)
         if self.ctx.fingerprints is not None:
-            self.tokens.append((path, cells_of(text, gate.lowered)))
+            self.tokens.append((path, cells_of(text, gate.lowered, gate.low_data)))
         if gate.runs and len(text) >= self.limits.min_embedded:
             self.embedded(text, path, depth)
         if has_percent_escapes(text) and "=" in text:
             self.budget.depth(depth + 1, "URL encoding")
             self.text(unquote_plus(text), f"{path}<url>", depth + 1, free=True)
         if free:
-            self.free_text(text, path, depth)
+            self.free_text(text, path, depth, gate.data)
 
     # --- structured documents ---------------------------------------------------------------
 
@@ -303,7 +338,7 @@ class _Run:
         finally:
             self.quiet = self.uncapped = self.unsure = False
 
-    def typed(self, text: str, model: type[rt.Body]) -> tuple[bool, _Gate | None]:
+    def typed(self, text: str, model: type[rt.Body], data: bytes | None = None) -> tuple[bool, _Gate | None]:
         """The typed fast path of a JSON body on a route: when the raw text is quiet (see
         `_quiet`), holds no runner_mode key, and the route model's msgspec mirror decodes
         it (parsing and validating every value in one C pass, no dict per object), the
@@ -314,14 +349,13 @@ class _Run:
         t = rt.typed(model)
         if t is None or "\\" in text:
             return False, None  # escapes: json_doc gates on the unescaped strings
-        gate = self.gate(text)
-        if (
-            '"runner_mode' in text
-            or t.levels - 1 > self.limits.max_structure_depth
-            or not self._quiet(text, gate)
-            or self.budget.nodes + 3 * _values_bound(text) + 8 > self.limits.max_nodes
-        ):
-            return False, gate
+        if '"runner_mode' in text or t.levels - 1 > self.limits.max_structure_depth or self.budget.nodes + 3 * _values_bound(text) + 8 > self.limits.max_nodes:
+            return False, None
+        gate = None
+        if not self._silent(text, data):  # the quick proof failed: the gate and `_quiet` decide
+            gate = self.gate(text, data)
+            if not self._quiet(text, gate):
+                return False, gate
         try:
             doc = t.decoder.decode(text)
         except (msgspec.ValidationError, msgspec.DecodeError):
@@ -341,6 +375,14 @@ class _Run:
             self.finding("schema", "extra-field", path, f"does not fit the route schema: {redact_text(e)}", "LIKELY")
         self.findings.extend(after)
         del self.findings[_MAX_FINDINGS:]
+
+    def _silent(self, raw: str, data: bytes | None = None) -> bool:
+        """`_quiet(raw, self.gate(raw))` proven without making the gate: `det.silent` and the
+        encoded-run check (`data`: the UTF-8 bytes of `raw`, when made already). False says
+        only "make the gate and ask `_quiet`"; tests/classify/test_classify_fastpaths.py
+        holds the implication."""
+        data = utf8(raw) if data is None else data
+        return self.ctx.fingerprints is None and det.silent(raw, data) and not maybe_encoded(raw, self.limits.min_embedded, data)
 
     def _quiet(self, raw: str, gate: _Gate) -> bool:
         """True when no string in this JSON text can hold what a per-string detector finds,
@@ -530,7 +572,7 @@ class _Run:
             for k, v in value.items():
                 key = str(k)
                 sub = f"{path}.{key}"
-                if gate.hits and v.__class__ is not str:
+                if gate.hits and v.__class__ is not str and gate.may_hit(key):
                     self.keyworded(key, sub, gate, whole=False)
                 if key == "runner_mode" or key == "runner_modes":
                     self.runner_mode(v, sub)
@@ -545,11 +587,18 @@ class _Run:
                     if spec.config:
                         self.config(v, sub, depth, gate, level + 1)
                         continue
-                    child(v, sub, spec.model, depth, spec.free_text or free, spec.opaque, False, gate, level + 1, key)
+                    vc = v.__class__
+                    if vc is str:  # what `value` does with a string outside a config, without its frame
+                        self.leaf(v, sub, depth, gate, free=spec.free_text or free, opaque=spec.opaque, key=key)
+                    elif vc not in _SCALARS or self.ctx.fingerprints is not None:
+                        child(v, sub, spec.model, depth, spec.free_text or free, spec.opaque, False, gate, level + 1, key)
                 else:
                     if config and key in rt.DATA_SOURCE_KEYS:
                         self.data_source(v, sub)
-                    child(v, sub, None, depth, free or key in rt.FREE_TEXT_FIELDS, opaque, config, gate, level + 1, key)
+                    if v.__class__ is str and not config:
+                        self.leaf(v, sub, depth, gate, free=free or key in rt.FREE_TEXT_FIELDS, opaque=opaque, key=key)
+                    else:
+                        child(v, sub, None, depth, free or key in rt.FREE_TEXT_FIELDS, opaque, config, gate, level + 1, key)
             return
         if (free or model is None) and not config and not opaque:
             shape = det.same_shaped_records(value) or det.row_shaped_arrays(value)
@@ -662,7 +711,7 @@ class _Run:
         if _JSON_START.match(data):
             gate = None
             if model is not None:
-                done, gate = self.typed(text, model)
+                done, gate = self.typed(text, model, data)
                 if done:
                     return
             doc = _json_or_none(text)
@@ -676,7 +725,7 @@ class _Run:
         if model is not None:
             self.schema_ok = False
             self.finding("schema", "extra-field", path, "body is not JSON, the route carries a JSON object", "LIKELY")
-        self.text(text, path, depth, free=True)
+        self.text(text, path, depth, free=True, data=data)
 
     def archive(self, data: bytes, path: str, depth: int, kind: str) -> None:
         self.budget.depth(depth + 1, kind)
@@ -876,12 +925,22 @@ def _query_checks(run: _Run, path: str | None, route: rt.Route | None) -> None:
         return
     query = rt.query_of(path)
     # one gate for all values: no keyword and no encoded run spans a newline
-    gate = run.gate("\n".join(v for _, v in query))
-    for k, v in query:
-        sub = f"query.{k}"
-        if k in ("runner_mode", "runner_modes"):
-            run.runner_mode(v, sub)
-        run.leaf(v, sub, 0, gate, free=len(v) > 64, opaque=False)
+    joined = "\n".join(v for _, v in query)
+    if (
+        "%" not in joined
+        and run.ctx.fingerprints is None
+        and all(len(v) <= 64 and k not in _RUNNER_KEYS for k, v in query)
+        and not det.keyword_hits(joined.lower())
+        and not maybe_encoded(joined, run.limits.min_embedded)
+    ):
+        run.budget.node(len(query))  # short values with nothing a gate would find: each leaf would only count a node
+    else:
+        gate = run.gate(joined)
+        for k, v in query:
+            sub = f"query.{k}"
+            if k in _RUNNER_KEYS:
+                run.runner_mode(v, sub)
+            run.leaf(v, sub, 0, gate, free=len(v) > 64, opaque=False)
     if route is not None and route.template == "/projects/models" and dict(query).get("type") == "run":
         run.model_run = True
 
@@ -913,14 +972,15 @@ def classify(
     `host` None means "judge by route alone" (a file on the command line); a host that
     is not a Gretel API host gets the detectors but no route schema."""
     lim = limits or _DEFAULT_LIMITS
-    run = _Run(limits=lim, budget=Budget(lim), ctx=context or ClassifyContext())
+    run = _Run(limits=lim, budget=Budget(lim), ctx=context or _NO_CONTEXT)
     gretel = host is None or rt.is_gretel_host(host)
     route = rt.match(method, path, host) if gretel else None
     reason: str | None = None  # why the body was not (wholly) inspected
     try:
         if run.ctx.fingerprints is None and run.ctx.canaries is None:
             findings, kinds = _path_facts(method, path.split("?", 1)[0] if path is not None else None, host, gretel)
-            run.findings.extend(f.model_copy() for f in findings)
+            if findings:
+                run.findings.extend(f.model_copy() for f in findings)
             run.kinds.update(kinds)
             _query_checks(run, path, route)
         else:
@@ -930,7 +990,7 @@ def classify(
             if route is not None and route.body is None:
                 run.schema_ok = False
                 run.finding("schema", "extra-field", "body", f"{route.name} carries no body, this one has {len(body)} bytes", "LIKELY")
-            layers = [e for e in (content_encoding or "").split(",") if e.strip() and e.strip().lower() != "identity"]
+            layers = [e for e in content_encoding.split(",") if e.strip() and e.strip().lower() != "identity"] if content_encoding else []
             data = decode_content(body, content_encoding, run.budget)
             run.budget.charge(len(data))
             run.blob(data, "body", len(layers), content_type, None, model, route.logs if route else "json")
@@ -962,6 +1022,7 @@ def classify(
 
 
 _DEFAULT_LIMITS = Limits()  # frozen: one instance serves every call that passes none
+_NO_CONTEXT = ClassifyContext()  # only read: one instance serves every call that passes none
 
 
 def _uninspectable(run: _Run, reason: str) -> str:

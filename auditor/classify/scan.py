@@ -21,17 +21,34 @@ def database(expressions: list[bytes], *, literal: bool, flags: int | list[int] 
     return db
 
 
-def scan(db: hyperscan.Database, data: bytes) -> list[tuple[int, int]]:
-    """Every (pattern id, end offset) of `db` in `data`, in order of end offset."""
+def _scratch(db: hyperscan.Database) -> hyperscan.Scratch:
     spaces: dict[int, hyperscan.Scratch] | None = getattr(_SCRATCH, "spaces", None)
     if spaces is None:
         spaces = _SCRATCH.spaces = {}
     scratch = spaces.get(id(db))
     if scratch is None:
         scratch = spaces[id(db)] = hyperscan.Scratch(db)
+    return scratch
+
+
+def scan(db: hyperscan.Database, data: bytes) -> list[tuple[int, int]]:
+    """Every (pattern id, end offset) of `db` in `data`, in order of end offset."""
     found: list[tuple[int, int]] = []
-    db.scan(data, match_event_handler=_collect, context=found, scratch=scratch)
+    db.scan(data, match_event_handler=_collect, context=found, scratch=_scratch(db))
     return found
+
+
+def any_match(db: hyperscan.Database, data: bytes) -> bool:
+    """Whether any pattern of `db` occurs in `data`: the scan stops at the first match."""
+    try:
+        db.scan(data, match_event_handler=_stop, scratch=_scratch(db))
+    except hyperscan.ScanTerminated:
+        return True
+    return False
+
+
+def _stop(pattern: int, start: int, end: int, flags: int, context: None) -> bool:
+    return True
 
 
 def _collect(pattern: int, start: int, end: int, flags: int, found: list[tuple[int, int]]) -> None:

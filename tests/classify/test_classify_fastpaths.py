@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 
 from auditor.classify import ClassifyContext, Limits, classify, load_context
 from auditor.classify import fingerprint as fpm
-from auditor.classify.decode import _B64_BYTES, _HEX_CHARS, long_runs, maybe_encoded
+from auditor.classify.decode import _B64_BYTES, _HEX_CHARS, maybe_encoded
 from auditor.classify.fingerprint import build, candidates
 from auditor.classify.routes import query_of
 from auditor.model import PayloadInfo
@@ -158,9 +158,7 @@ def _split_maybe_encoded(text: str, min_len: int) -> bool:
 
 @FUZZ
 @given(text=st.text(alphabet=st.sampled_from(list("aB7f+/=_-.: \"\n") + ["é"]), max_size=80), min_len=st.sampled_from([4, 8, 16]))
-def test_long_runs_equal_the_split(text: str, min_len: int) -> None:
-    table = bytes(b if b in _B64_BYTES else 0x20 for b in range(256))
-    assert list(long_runs(text, min_len)) == [r for r in text.encode().translate(table).split() if len(r) >= min_len]
+def test_maybe_encoded_equals_the_split(text: str, min_len: int) -> None:
     assert maybe_encoded(text, min_len) == _split_maybe_encoded(text, min_len)
 
 
@@ -303,3 +301,137 @@ def test_artifact_name_prefilter_drops_no_match(name: str) -> None:
     bare = name.split("?", 1)[0]
     expected = next(((label, what) for rx, label, what in det._ARTIFACT_NAMES if rx.search(bare)), None)
     assert det.artifact_name(name) == (expected if name else None)
+
+
+# --- one-pass proofs and prefilters: never a miss --------------------------------------------------
+
+_SIGN_TEXT = st.lists(
+    st.sampled_from(list('aZ09 -.\t)+:/@%"[{}\\,\n') + ["é", "K", "İ", "Secret", "PASSWORD", "grt", "AKIA", "%2f", "123-45-6789", "GB82 WEST", "://", "eyJ"]),
+    max_size=30,
+).map("".join)
+
+
+@FUZZ
+@given(text=_SIGN_TEXT)
+def test_silent_text_is_quiet_to_the_gate(text: str) -> None:
+    """det.silent's one pass says nothing where the keyword pass, the percent check and the
+    PII detector would each find something (the typed path and the query skip them on it)."""
+    from auditor.classify import detectors as det
+    from auditor.classify.decode import has_percent_escapes
+
+    marks: set[str] = set()
+    found = det.keyword_hits(text.lower(), None, marks)
+    if det.silent(text):
+        assert not found and not marks and not has_percent_escapes(text) and not det.pii_hits(text)
+
+
+def test_silent_ends_at_the_first_sign() -> None:
+    from auditor.classify import detectors as det
+
+    clean = '{"uid": "64f1c0ffee0ddba11c0ffee1", "logs": [{"ts": "2024-02-01T10:00:00.123456Z", "msg": "Epoch complete", "seq": 1}]}'
+    assert det.silent(clean)
+    for sign in ("Token", "x\\u0040y", "%41", "a@b.c", "555-123-4567", "GB82 WEST", '"[1]', "café"):
+        assert not det.silent(clean + sign), sign
+
+
+def _magic_in_order(data: bytes) -> str | None:
+    """detectors.magic as one ordered chain, without its first-byte shortcut."""
+    import struct
+
+    head = data[:16]
+    chain: list[tuple[bool, str]] = [
+        (head[:4] == b"PAR1", "Parquet file"),
+        (head[:6] == b"ARROW1", "Arrow IPC file"),
+        (head[:4] == b"Obj\x01", "Avro container"),
+        (head[:3] == b"ORC", "ORC file"),
+        (head[:4] == b"\xff\xff\xff\xff" and len(data) > 16 and 0 < struct.unpack("<i", data[4:8])[0] < len(data) and data[8:12] != b"\xff\xff\xff\xff", "Arrow IPC stream"),
+        (head[:4] == b"GGUF", "GGUF model"),
+        (head[:4] in (b"ggml", b"ggjt", b"lmgg", b"ggmf"), "GGML model"),
+        (head[:6] == b"\x93NUMPY", "NumPy array"),
+        (head[:8] == b"\x89HDF\r\n\x1a\n", "HDF5 (Keras) weights"),
+        (data[4:8] == b"TFL3", "TensorFlow Lite model"),
+        (len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5, f"Python pickle (protocol {head[1] if len(head) > 1 else 0})"),
+    ]
+    for hit, what in chain:
+        if hit:
+            return what
+    if len(data) >= 10:
+        (n,) = struct.unpack("<Q", data[:8])
+        if 2 <= n <= min(len(data) - 8, 100 << 20) and data[8:9] == b"{":
+            header = data[8 : 8 + min(n, 4096)]
+            if b"dtype" in header and (b"data_offsets" in header or b"__metadata__" in header):
+                return "safetensors weights"
+    if head[:1] == b"\x08" and len(data) > 32:
+        window = data[:512]
+        if b"onnx" in window.lower() or (b"pytorch" in window and b"\x3a" in window):
+            return "ONNX model"
+    return None
+
+
+_LEADS = [b"PAR1", b"ARROW1", b"Obj\x01", b"ORC", b"\xff\xff\xff\xff", b"GGUF", b"ggml", b"lmgg", b"\x93NUMPY", b"\x89HDF\r\n\x1a\n", b"\x80\x04", b"\x08", b"{", b"P", b"g"]
+
+
+@FUZZ
+@given(lead=st.sampled_from(_LEADS), middle=st.sampled_from([b"", b"TFL3", b"\x00\x00\x00\x00", b"\x10\x00\x00\x00"]), rest=st.binary(max_size=40))
+def test_magic_first_byte_shortcut_keeps_the_order(lead: bytes, middle: bytes, rest: bytes) -> None:
+    from auditor.classify import detectors as det
+
+    for data in (lead + rest, lead[:4].ljust(4, b"x") + middle + rest, lead + middle + b'{"dtype": 1, "data_offsets": 2}' + rest):
+        found = det.magic(data)
+        assert (found.what if found else None) == _magic_in_order(data), data
+
+
+def _csv_block_reference(text: str, min_rows: int = 3) -> tuple[int, int, int, str] | None:
+    """detectors._csv_block_walked without its count prefilters."""
+    from auditor.classify.detectors import _DELIMS, _csv_cols
+
+    for delim in _DELIMS:
+        if delim not in text:
+            continue
+        run_start, run_len, run_cols, pos = 0, 0, -1, 0
+        for line in text.split("\n"):
+            cols = _csv_cols(line, delim)
+            if cols >= 2 and cols == run_cols:
+                run_len += 1
+            elif cols >= 2:
+                run_start, run_len, run_cols = pos, 1, cols
+            else:
+                run_len, run_cols = 0, -1
+            if run_len >= min_rows:
+                rows = run_len
+                for extra in text[pos + len(line) + 1 :].split("\n"):
+                    if extra.strip().count(delim) == run_cols:
+                        rows += 1
+                    else:
+                        break
+                return run_start, rows, run_cols + 1, delim
+            pos += len(line) + 1
+    return None
+
+
+@FUZZ
+@given(lines=st.lists(st.lists(st.sampled_from(list("a,;|\t ") + ['File "', "at "]), max_size=8).map("".join), max_size=10), min_rows=st.sampled_from([1, 2, 3]))
+def test_csv_block_prefilters_drop_no_block(lines: list[str], min_rows: int) -> None:
+    from auditor.classify.detectors import _csv_block_walked
+
+    text = "\n".join(lines)
+    assert _csv_block_walked(text, min_rows) == _csv_block_reference(text, min_rows)
+
+
+@FUZZ
+@given(text=st.text(alphabet=st.sampled_from(list("aB7f+/=_-.: \"\n") + ["é"]), max_size=80), at=st.floats(0, 1), min_len=st.sampled_from([4, 16]))
+def test_maybe_encoded_prefilter_on_big_texts(text: str, at: float, min_len: int) -> None:
+    """Past 64 KiB a Hyperscan pass first looks for any long run: the same answer."""
+    filler = "ok step 12 done. " * 4_000
+    cut = int(len(filler) * at)
+    big = filler[:cut] + text + filler[cut:]
+    assert maybe_encoded(big, min_len) == _split_maybe_encoded(big, min_len)
+
+
+@FUZZ
+@given(values=st.lists(st.sampled_from(["train", "64f1c0ffee0ddba11c0ffee1", "a%2Fb", "token", "Secret", "x" * 70, "hybrid", "QUJDREVGR0hJSktMTU5PUFFSU1RVVg", "a@b.co"]), max_size=4), keys=st.sampled_from(["uid", "type", "runner_mode", "note"]))
+def test_query_fast_path_equals_the_leaves(values: list[str], keys: str, unrelated_fps: ClassifyContext) -> None:
+    """Query values the gate finds nothing in only count nodes; the fingerprint context
+    forces the per-value leaves: the same verdict either way."""
+    query = "&".join(f"{keys}{i}={v}" if keys != "runner_mode" else f"{keys}={v}" for i, v in enumerate(values))
+    _same_both_ways(b"", "GET", "/users/me/invites?" + query, unrelated_fps)
