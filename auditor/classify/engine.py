@@ -313,11 +313,9 @@ class _Run:
                 self.add(rep)
         quiet = raw_json and self._quiet(raw, gate)
         self.quiet = quiet
-        # a JSON text holds at most one value per comma, bracket and line (each value is a
-        # root, a first item or follows a comma), and each value counts at most three nodes
-        # (itself, as a child, as a string): when those cannot reach the cap, the walk skips
-        # its per-node checks
-        self.uncapped = quiet and self.budget.nodes + 3 * _values_bound(raw) + 8 <= self.limits.max_nodes
+        # each value counts at most three nodes (itself, as a child, as a string): when the
+        # text's values cannot reach the cap, the walk skips its per-node checks
+        self.uncapped = quiet and _values_fit(raw, self.budget.nodes, self.limits.max_nodes)
         # the quiet walk of a short text checks each value's type against the schema on its
         # way; pydantic runs (its findings placed first, as if it ran first) only when the
         # walk met a value it cannot vouch for, or stopped
@@ -349,7 +347,7 @@ class _Run:
         t = rt.typed(model)
         if t is None or "\\" in text:
             return False, None  # escapes: json_doc gates on the unescaped strings
-        if '"runner_mode' in text or t.levels - 1 > self.limits.max_structure_depth or self.budget.nodes + 3 * _values_bound(text) + 8 > self.limits.max_nodes:
+        if '"runner_mode' in text or t.levels - 1 > self.limits.max_structure_depth or not _values_fit(text, self.budget.nodes, self.limits.max_nodes):
             return False, None
         gate = None
         if not self._silent(text, data):  # the quick proof failed: the gate and `_quiet` decide
@@ -764,12 +762,15 @@ class _Run:
             self.finding("pii:count", "training-data", path, f"{total} personal-data values: a table, not an error message", "LIKELY", first.offset, total)
 
 
-def _values_bound(raw: str) -> int:
-    """At least the number of values in a JSON (or NDJSON) text: each starts at its own
-    character, so a short text is bounded by its length without counting."""
-    if len(raw) < 4096:
-        return len(raw)
-    return 1 + raw.count(",") + raw.count("[") + raw.count("{") + raw.count("\n")
+def _values_fit(raw: str, used: int, limit: int) -> bool:
+    """True when walking every value of this JSON (or NDJSON) text, at most three nodes
+    each, stays within `limit`. Siblings are separated by a comma, roots by a line, and a
+    value other than a one-digit number takes two characters of its own, so n characters
+    hold at most (n + 1) // 2 values; the separators are counted (four passes over the
+    text) only when that bound is too loose."""
+    if used + 3 * ((len(raw) + 1) // 2) + 8 <= limit:
+        return True
+    return used + 3 * (1 + raw.count(",") + raw.count("[") + raw.count("{") + raw.count("\n")) + 8 <= limit
 
 
 def _unescaped(doc: Any, raw: str) -> str:

@@ -47,6 +47,23 @@ def any_match(db: hyperscan.Database, data: bytes) -> bool:
     return False
 
 
+def match_ends(db: hyperscan.Database, data: bytes, cap: int) -> list[int] | None:
+    """The end offset of every match of `db` in `data`, ascending; None once there are
+    more than `cap` (the scan stops there: the caller has a cheaper way for so many)."""
+    found: list[int] = []
+    try:
+        db.scan(data, match_event_handler=_collect_end, context=(found, cap), scratch=_scratch(db))
+    except hyperscan.ScanTerminated:
+        return None
+    return found
+
+
+def _collect_end(pattern: int, start: int, end: int, flags: int, context: tuple[list[int], int]) -> bool:
+    found, cap = context
+    found.append(end)
+    return len(found) > cap
+
+
 def _stop(pattern: int, start: int, end: int, flags: int, context: None) -> bool:
     return True
 

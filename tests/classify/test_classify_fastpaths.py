@@ -435,3 +435,51 @@ def test_query_fast_path_equals_the_leaves(values: list[str], keys: str, unrelat
     forces the per-value leaves: the same verdict either way."""
     query = "&".join(f"{keys}{i}={v}" if keys != "runner_mode" else f"{keys}={v}" for i, v in enumerate(values))
     _same_both_ways(b"", "GET", "/users/me/invites?" + query, unrelated_fps)
+
+
+_JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers(-20, 20) | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=3),
+    lambda inner: st.lists(inner, max_size=6) | st.dictionaries(st.text(max_size=2), inner, max_size=6),
+    max_leaves=60,
+)
+
+
+def _count_values(doc: object) -> int:
+    if isinstance(doc, list):
+        return 1 + sum(_count_values(v) for v in doc)
+    if isinstance(doc, dict):
+        return 1 + sum(_count_values(v) for v in doc.values())
+    return 1
+
+
+@given(st.lists(_JSON_VALUES, min_size=1, max_size=4), st.booleans())
+@settings(max_examples=300, deadline=None)
+def test_values_fit_never_admits_more_values_than_the_text_holds(docs: list[object], ndjson: bool) -> None:
+    """The length bound behind `_values_fit`: compact JSON (or NDJSON lines) of n characters
+    holds at most (n + 1) // 2 values, so a text it admits cannot walk past the node cap."""
+    from auditor.classify.engine import _values_fit
+
+    docs = docs if ndjson else docs[:1]
+    text = "\n".join(json.dumps(d, separators=(",", ":")) for d in docs)
+    values = sum(_count_values(d) for d in docs)
+    assert values <= (len(text) + 1) // 2
+    assert not _values_fit(text, 0, 3 * values + 7)  # one node short of the worst case: refused
+    assert _values_fit(text, 0, 3 * ((len(text) + 1) // 2) + 8)
+
+
+_RUN_PIECES = st.sampled_from(["x", "Q9", "deadbeef" * 3, "a" * 17, "Zz0+/=_-" * 3, " ", ".", "\n", "é", "ok step 12 done. "])
+
+
+@FUZZ
+@given(pieces=st.lists(_RUN_PIECES, max_size=60), repeat=st.sampled_from([1, 40, 800, 6000]), min_len=st.sampled_from([4, 16]))
+def test_long_runs_by_hyperscan_equal_the_walk(pieces: list[str], repeat: int, min_len: int) -> None:
+    """Past 64 KiB Hyperscan finds the runs from their window ends (or gives up to the
+    translate walk when there are too many): the same runs, the same answer."""
+    from auditor.classify.decode import _long_runs
+
+    big = ("ok step 12 done. " * 4_000) + "".join(pieces) * repeat
+    raw = big.encode("utf-8", "surrogatepass")
+    runs = _long_runs(raw, min_len)
+    if runs is not None:
+        assert runs == [m.span() for m in re.finditer(rb"[A-Za-z0-9+/=_\-]{%d,}" % min_len, raw)]
+    assert maybe_encoded(big, min_len) == _split_maybe_encoded(big, min_len)
