@@ -6,7 +6,7 @@ and Python `requests` (what gretel-client uses). Prints requests/s of each, the 
 the direct-to-server reference, and the peak memory (VmHWM) of each proxy process,
 including after one 64 MiB upload (memory must stay bounded whatever the body size).
 
-Run: python benchmarks/proxy_overhead.py [--rounds 2] [--small 300] [--large 40]
+Run: python benchmarks/proxy_overhead.py [--rounds 4] [--small 600] [--large 150]
 """
 
 from __future__ import annotations
@@ -181,9 +181,9 @@ def big_upload(proxy: str, ca: Path, big_file: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--small", type=int, default=300, help="requests per 1 KB cell")
-    parser.add_argument("--large", type=int, default=40, help="requests per 256 KB cell")
+    parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--small", type=int, default=600, help="requests per 1 KB cell")
+    parser.add_argument("--large", type=int, default=150, help="requests per 256 KB cell")
     parser.add_argument("--big-mib", type=int, default=64, help="size of the one large upload for peak memory")
     parser.add_argument("--serve-upstream", nargs=2, metavar=("CERT", "KEY"), help=argparse.SUPPRESS)
     args = parser.parse_args()

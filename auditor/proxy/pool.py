@@ -79,7 +79,12 @@ def _recv_exactly(sock: socket.socket, n: int) -> bytes | None:
 
 
 def _serve(sock: socket.socket, files: ContextFiles) -> None:
-    """A worker: one request at a time, answered in order, until the proxy closes its end."""
+    """A worker: one request at a time, answered in order, until the proxy closes its end.
+
+    It runs at a lower priority than the proxy: on a busy node moving bytes comes first
+    and the verdicts catch up in the gaps (the in-flight budget bounds how far behind).
+    """
+    os.nice(10)
     context = _load(files)
     with sock:
         while True:
