@@ -53,31 +53,38 @@ def read_headers(block: Records) -> Headers | None:
     if layout is None or not block.offsets:
         return None
     et, ip = layout
-    arr = np.frombuffer(block.data, dtype=np.uint8)
+    data = block.data
+    size = len(data)
+    # Views of the block's bytes as an integer starting at every byte (no copy): one gather
+    # per field reads that field of every record, unaligned and in its byte order.
+    u8 = np.frombuffer(data, dtype=np.uint8)
+    be16 = np.ndarray((size - 1,), dtype=">u2", buffer=data, strides=(1,))
+    be32 = np.ndarray((size - 3,), dtype=">u4", buffer=data, strides=(1,))
+    rec32 = np.ndarray((size - 3,), dtype=block.endian + "u4", buffer=data, strides=(1,))
     offs = np.asarray(block.offsets, dtype=np.int64)
-    head = arr[offs[:, None] + np.arange(16)]
-    words = head.view(np.dtype(block.endian + "u4")).astype(np.int64)
-    frac = words[:, 1] // 1000 if block.nano else words[:, 1]
-    ts = words[:, 0] * 1_000_000 + frac
-    caplen = words[:, 2]
+    frac = rec32[offs + 4].astype(np.int64)
+    ts = rec32[offs].astype(np.int64) * 1_000_000 + (frac // 1000 if block.nano else frac)
+    caplen = rec32[offs + 8].astype(np.int64)
     start = offs + 16
-    # The bytes the fast path reads; runts read past their end (clipped to the data), and
-    # are told apart by their captured length before any of it is believed.
-    cols = np.array([et, et + 1, ip, ip + 2, ip + 3, ip + 6, ip + 7, ip + 9, *range(ip + 12, ip + 24), ip + 32, ip + 33])
-    idx = start[:, None] + cols
-    np.minimum(idx, len(arr) - 1, out=idx)
-    h = arr[idx].astype(np.int64)
-    ethertype = (h[:, 0] << 8) | h[:, 1]
-    vihl = h[:, 2]
-    total = (h[:, 3] << 8) | h[:, 4]
-    fragment = (h[:, 5] & 0x3F) | h[:, 6]  # more-fragments flag or an offset: DF alone is fine
-    proto = h[:, 7]
-    src = (h[:, 8] << 24) | (h[:, 9] << 16) | (h[:, 10] << 8) | h[:, 11]
-    dst = (h[:, 12] << 24) | (h[:, 13] << 16) | (h[:, 14] << 8) | h[:, 15]
-    sport = (h[:, 16] << 8) | h[:, 17]
-    dport = (h[:, 18] << 8) | h[:, 19]
-    doff = (h[:, 20] >> 4) << 2
-    flags = h[:, 21]
+
+    def field(view: np.ndarray, at: int) -> np.ndarray:
+        """The field at byte `at` of every frame, as int64. Runts read past their end (clipped
+        to the data), and are told apart by their captured length before any of it is believed."""
+        idx = start + at
+        np.minimum(idx, len(view) - 1, out=idx)
+        return view[idx].astype(np.int64)
+
+    ethertype = field(be16, et)
+    vihl = field(u8, ip)
+    total = field(be16, ip + 2)
+    fragment = field(be16, ip + 6) & 0x3FFF  # more-fragments flag or an offset: DF alone is fine
+    proto = field(u8, ip + 9)
+    src = field(be32, ip + 12)
+    dst = field(be32, ip + 16)
+    sport = field(be16, ip + 20)
+    dport = field(be16, ip + 22)
+    doff = (field(u8, ip + 32) >> 4) << 2
+    flags = field(u8, ip + 33)
     whole = caplen >= max(54, ip + 40)
     ipv4 = whole & (ethertype == 0x0800)
     plain = ipv4 & (vihl == 0x45) & (proto == 6)
@@ -94,7 +101,7 @@ def read_headers(block: Records) -> Headers | None:
     rev = a > b
     return Headers(
         ts=ts,
-        wirelen=words[:, 3],
+        wirelen=rec32[offs + 12].astype(np.int64),
         start=start,
         caplen=caplen,
         cls=cls,

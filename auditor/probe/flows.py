@@ -9,7 +9,7 @@ table is full the least recently active tenth is flushed early (and says so).
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 
 from auditor.model import Direction, TcpState
 from auditor.probe.dissect import ICMP, ICMPV6, TCP, UDP
@@ -37,14 +37,15 @@ INSP_QUIC = 5
 
 class Networks:
     """Inside or outside the cluster: the configured CIDRs (else the private ranges),
-    plus whatever the pack calls internal (cluster DNS, proxy)."""
+    plus the networks the pack calls internal (`also`: its overlay's CIDRs, cluster DNS
+    and proxy addresses), all as integer masks: a new address costs a few comparisons."""
 
-    def __init__(self, cidrs: Iterable[str] | None = None, is_internal: Callable[[str], bool] | None = None) -> None:
+    def __init__(self, cidrs: Iterable[str] | None = None, also: Iterable[str] = ()) -> None:
         given = list(cidrs or [])
         self.configured = bool(given)
         self.cidrs = [ipaddress.ip_network(c, strict=False) for c in (given or DEFAULT_INTERNAL)]
         self.cidrs += [ipaddress.ip_network(c) for c in _ALWAYS_LOCAL]
-        self._pack = is_internal
+        self.cidrs += [n for n in (ipaddress.ip_network(c, strict=False) for c in also) if n not in self.cidrs]
         self._v4 = [(int(n.network_address), int(n.netmask)) for n in self.cidrs if n.version == 4]
         self._v6 = [(int(n.network_address), int(n.netmask)) for n in self.cidrs if n.version == 6]
         self._cache: dict[bytes, bool] = {}
@@ -56,8 +57,6 @@ class Networks:
             if len(addr) == 16 and value >> 32 == 0xFFFF:  # IPv4-mapped IPv6
                 addr, value = addr[12:], value & 0xFFFFFFFF
             hit = any(value & mask == net for net, mask in (self._v4 if len(addr) == 4 else self._v6))
-            if not hit and self._pack is not None:
-                hit = bool(self._pack(str(ipaddress.ip_address(addr))))
             if len(self._cache) > 100_000:
                 self._cache.clear()
             self._cache[addr] = hit

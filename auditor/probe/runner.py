@@ -3,7 +3,9 @@ the policy into the store, with the sensor's own life (start, config, drops,
 errors, stop) chained beside them so a gap in monitoring is evidence.
 
 `run_pcap` and `run_live` are what `auditor probe` calls; `events_from_pcap`
-is the same pipeline without a store, for importers.
+is the same pipeline without a store, for importers. Reading a file into a store,
+the policy and the store run in a forked process (`judge.JudgeProcess`), beside the
+reader; live, they run here, behind the writer's queue, which never blocks capture.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from auditor.probe.capture import DEFAULT_BPF, CaptureStats, FileCapture, LiveCa
 from auditor.probe.coverage import ProxyIndex, mark_bypass
 from auditor.probe.engine import Probe, ProbeConfig, ProbeStats, when
 from auditor.probe.flows import Networks
+from auditor.probe.judge import JudgeProcess
 from auditor.store.base import Store, open_store
 from auditor.store.writer import BatchWriter
 
@@ -65,7 +68,7 @@ class ProbeSummary(BaseModel):
 
 def config_from_pack(pack: Pack | None, base: ProbeConfig | None = None) -> tuple[ProbeConfig, Networks]:
     """Cluster CIDRs, cluster DNS and the proxy from the pack's site overlay; flags given
-    in `base` win. The pack's own notion of inside (DNS suffixes, proxy) is consulted too."""
+    in `base` win. The pack's own internal networks (cluster DNS, proxy address) count as inside too."""
     cfg = (base or ProbeConfig()).model_copy(deep=True)
     if pack is not None:
         site = pack.site
@@ -81,7 +84,7 @@ def config_from_pack(pack: Pack | None, base: ProbeConfig | None = None) -> tupl
                 cfg.proxies = sorted({f"{info[4][0]}:{port}" for info in infos})
             except OSError as exc:
                 raise AuditorError(f"cannot resolve the proxy {host} from the site overlay: {exc}", fix="give the proxy as an IP address in the overlay") from exc
-    return cfg, Networks(cfg.cluster_cidrs or None, pack.is_internal if pack is not None else None)
+    return cfg, Networks(cfg.cluster_cidrs or None, [str(n) for n in pack.internal_networks] if pack is not None else ())
 
 
 def _peak_memory_mb() -> int:
@@ -111,6 +114,7 @@ class _Session:
         sink: Callable[[EgressEvent], None] | None = None,
         inventory: Inventory | None = None,
         kubernetes: InventoryConfig | None = None,
+        fork_judge: bool = False,
     ) -> None:
         self.config = config
         self.pack = pack
@@ -118,7 +122,9 @@ class _Session:
         self.watcher: InventoryWatcher | None = None
         self.probe = Probe(config, networks=networks)
         self.summary = ProbeSummary(sensor_id=config.sensor_id, source=source, started=datetime.now(UTC), judged=pack is not None)
-        self.store: Store | None = open_store(store_url) if store_url else None
+        # Judged and stored by a forked process (`judge`), or here (`writer`, after `evaluate`).
+        self.judge = JudgeProcess(store_url, config.sensor_id, pack) if store_url and fork_judge else None
+        self.store: Store | None = open_store(store_url) if store_url and self.judge is None else None
         self.reader: Store | None = open_store(store_url) if store_url else None
         self.writer = BatchWriter(self.store, config.sensor_id) if self.store is not None else None
         self._sink = sink
@@ -167,6 +173,13 @@ class _Session:
         hand_on = self.writer.submit if self.writer is not None else None
         sink = self._sink
         n = 0
+        if self.judge is not None:  # the judge process evaluates; attribution stays here, with the inventory
+            batch = list(events)
+            if attribute is not None and inventory is not None:
+                batch = [e if e.kind == "sensor" else attribute(e, inventory) for e in batch]
+            self.judge.send(batch)
+            self.summary.events_submitted += len(batch)
+            return
         for ev in events:
             if ev.kind != "sensor":
                 if attribute is not None and inventory is not None:
@@ -246,6 +259,8 @@ class _Session:
         if self.writer is not None:
             s.events_written = self.writer.written
             s.writer_dropped = self.writer.dropped
+        elif self.judge is not None:
+            s.events_written, s.writer_dropped = self.judge.progress()
         return s
 
     def close(self) -> ProbeSummary:
@@ -273,9 +288,15 @@ class _Session:
             self.writer.close()
             s.events_written = self.writer.written
             s.writer_dropped = self.writer.dropped
-        for st in (self.store, self.reader):
-            if st is not None:
-                st.close()
+        try:
+            if self.judge is not None:
+                self.judge.close()
+                s.events_written = self.judge.written
+                s.writer_dropped = self.judge.dropped
+        finally:
+            for st in (self.store, self.reader):
+                if st is not None:
+                    st.close()
         return s
 
 
@@ -307,9 +328,18 @@ def run_pcap(
     file keeps everything before the damage and records the damage as an error."""
     cfg, nets = config_from_pack(pack, config)
     cap = FileCapture(path)
+    # With a store and no sink, a second process judges and stores (see judge.py); a sink
+    # takes the judged events here, in this process.
+    try:
+        session = _Session(
+            cfg, nets, f"pcap {Path(path).name}", pack, store_url=store_url, sink=sink, inventory=inventory, fork_judge=sink is None
+        )
+    except BaseException:
+        cap.close()
+        raise
     thresholds = gc.get_threshold()
     gc.set_threshold(50_000, 20, 100)  # flows are long-lived objects: collect them less often
-    session = _Session(cfg, nets, f"pcap {Path(path).name}", pack, store_url=store_url, sink=sink, inventory=inventory)
+    gc.freeze()  # what exists now (modules, the pack) is never scanned again in this run
     probe = session.probe
     next_tick = time.monotonic() + TICK_SECONDS
     try:
@@ -323,6 +353,7 @@ def run_pcap(
                 on_tick(session.refresh_summary())
     finally:
         cap.close()
+        gc.unfreeze()
         gc.set_threshold(*thresholds)
     probe.finish()
     if cap.problem:

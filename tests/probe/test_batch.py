@@ -323,7 +323,8 @@ PORTS = [443, 80, 53, 5432, 40000]
 # Weighted by repetition: mostly what a busy node sends (data on open flows, back to back),
 # with every rarity (options, tags, fragments, sweeps, idle flushes) drawn now and then.
 KINDS = ["syn", "synack", "ack", "ack", *["data"] * 6, *["burst"] * 6, "hello", "hello-head", "hello-tail", "http", "dns-tcp",
-         "fin", "rst", "retransmit", "ahead", "vlan", "options", "fragment", "bad-offset", "udp", "dns-query", "dns-answer"]  # fmt: skip
+         "fin", "fin-data", "rst", "rst-data", "synack-data", "retransmit", "ahead", "vlan", "options", "fragment", "bad-offset", "udp",
+         "dns-query", "dns-answer"]  # fmt: skip
 GAPS = [*[0.00001] * 60, *[0.0002] * 6, 0.001, 0.001, 0.3, 1.2, 2.5, 70.0, 400.0]
 
 
@@ -353,6 +354,8 @@ def build_mix(steps: list[tuple]) -> Trace:
             flags, seqs[key] = "SA", seq + 1
         elif kind in ("fin", "rst"):
             flags = "FA" if kind == "fin" else "R"
+        elif kind in ("fin-data", "rst-data", "synack-data"):  # flags with a payload: read only while the flow inspects
+            flags, payload = {"fin-data": "FPA", "rst-data": "RA", "synack-data": "SA"}[kind], (hello if size % 3 == 0 else bytes([0x17]) * size)
         elif kind in ("data", "burst", "retransmit", "ahead", "vlan", "options", "bad-offset", "fragment"):
             payload = bytes([0x17]) * size
         elif kind == "hello":
@@ -379,7 +382,8 @@ def build_mix(steps: list[tuple]) -> Trace:
                 body = DNS(id=port, qr=1, qd=DNSQR(qname=f"h{size % 7}.example.com"), an=DNSRR(rrname=f"h{size % 7}.example.com", rdata=server if ":" not in server else "192.0.2.9"))
             pkt: Packet = eth / ip / UDP(sport=sp, dport=53 if kind == "dns-query" else dp) / body
         else:
-            tcp = TCP(sport=sp, dport=dp, flags=flags if not payload or kind == "hello" else "PA" if size % 2 else "A", seq=seq & 0xFFFFFFFF, ack=1)
+            keep = not payload or kind in ("hello", "fin-data", "rst-data", "synack-data")
+            tcp = TCP(sport=sp, dport=dp, flags=flags if keep else "PA" if size % 2 else "A", seq=seq & 0xFFFFFFFF, ack=1)
             if kind == "bad-offset":
                 tcp.dataofs = 15
             layer3 = IP(src=src, dst=dst, options=[IPOption_RR()]) if kind == "options" else IP(src=src, dst=dst, flags="MF") if kind == "fragment" else ip

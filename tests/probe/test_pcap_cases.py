@@ -392,3 +392,24 @@ def test_gre_and_esp_tunnels_out_are_flows_and_judged(tmp_path: Path) -> None:
     assert esp.destination.app_protocol == "esp" and esp.source.ip == POD
     judged = {e.destination.ip: e.decision for e in judge(of_kind(events, "flow"), load_pack())}
     assert all(d is not None and d.action == "violation" for d in judged.values())
+
+
+def test_the_packs_own_internal_addresses_are_inside(tmp_path: Path) -> None:
+    """A cluster resolver and a proxy outside the overlay's CIDRs are still the cluster's:
+    flows to them are internal, not egress (`config_from_pack` hands them to `Networks`)."""
+    overlay = tmp_path / "site.yaml"
+    overlay.write_text(
+        "overlay:\n  id: test-site\n  description: probe test\n"
+        "cluster:\n  pod_cidrs: [10.42.0.0/16]\n  service_cidrs: [10.43.0.0/16]\n  node_cidrs: [192.168.10.0/24]\n"
+        "  dns:\n    servers: [198.51.100.53]\n    suffixes: [cluster.local]\n"
+        "proxy: http://203.0.113.7:3128\n"
+    )
+    pack = load_pack(None, [overlay])
+    t = Trace()
+    t.tcp(POD, "203.0.113.7", 3128, [b"CONNECT api.gretel.cloud:443 HTTP/1.1\r\nHost: api.gretel.cloud:443\r\n\r\n"])
+    t.tcp(POD, "198.51.100.53", 53, [b"\x00\x1d" + bytes(29)])
+    t.tcp(POD, "203.0.113.8", 443, [client_hello("api.gretel.cloud")])
+    seen: list[EgressEvent] = []
+    run_pcap(t.write(tmp_path / "site.pcap"), None, pack=pack, sink=seen.append)
+    flows = {e.destination.ip: e.flow.direction for e in of_kind(seen, "flow")}
+    assert flows == {"203.0.113.7": "internal", "198.51.100.53": "internal", "203.0.113.8": "egress"}
