@@ -112,8 +112,16 @@ def wait_port(host: str, port: int, proc: subprocess.Popen[bytes], timeout: floa
 def _tree(pid: int) -> list[int]:
     """The process and its descendants (the auditor's classifier processes count toward its memory)."""
     pids = [pid]
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        for child in (task / "children").read_text().split():
+    try:
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
+    except FileNotFoundError:  # gone meanwhile
+        return pids
+    for task in tasks:
+        try:
+            children = (task / "children").read_text().split()
+        except FileNotFoundError:  # a thread that ended meanwhile
+            continue
+        for child in children:
             pids += _tree(int(child))
     return pids
 
