@@ -13,7 +13,7 @@ from scapy.packet import Raw
 
 from auditor.model import EgressEvent
 from auditor.probe.runner import events_from_pcap, run_pcap
-from auditor.rules import group_findings, judge, load_pack
+from auditor.rules import Pack, group_findings, judge, load_pack
 from auditor.store.base import open_store
 
 from .traffic import Trace, client_hello, of_kind, quic_initial, run_trace
@@ -295,15 +295,20 @@ def test_flow_table_stays_bounded_under_a_flood(tmp_path: Path) -> None:
     assert stop["evicted_flows"] >= 800
 
 
-def test_site_overlay_sets_cluster_ranges_dns_and_proxy(tmp_path: Path) -> None:
+def _site_pack(tmp_path: Path, dns_server: str, proxy_ip: str) -> Pack:
+    """The shipped pack with a site overlay: this cluster's CIDRs, its resolver and its proxy on 3128."""
     overlay = tmp_path / "site.yaml"
     overlay.write_text(
         "overlay:\n  id: test-site\n  description: probe test\n"
         "cluster:\n  pod_cidrs: [10.42.0.0/16]\n  service_cidrs: [10.43.0.0/16]\n  node_cidrs: [192.168.10.0/24]\n"
-        "  dns:\n    servers: [10.43.0.10]\n    suffixes: [cluster.local]\n"
-        "proxy: http://10.43.12.7:3128\n"
+        f"  dns:\n    servers: [{dns_server}]\n    suffixes: [cluster.local]\n"
+        f"proxy: http://{proxy_ip}:3128\n"
     )
-    pack = load_pack(None, [overlay])
+    return load_pack(None, [overlay])
+
+
+def test_site_overlay_sets_cluster_ranges_dns_and_proxy(tmp_path: Path) -> None:
+    pack = _site_pack(tmp_path, "10.43.0.10", "10.43.12.7")
     t = Trace()
     t.tcp(POD, "10.43.12.7", 3128, [b"CONNECT api.gretel.cloud:443 HTTP/1.1\r\nHost: api.gretel.cloud:443\r\n\r\n"])
     t.dns(POD, "10.42.0.99", "api.gretel.cloud", [("api.gretel.cloud", "A", API_IP)])  # a pod resolver, not the cluster's
@@ -397,14 +402,7 @@ def test_gre_and_esp_tunnels_out_are_flows_and_judged(tmp_path: Path) -> None:
 def test_the_packs_own_internal_addresses_are_inside(tmp_path: Path) -> None:
     """A cluster resolver and a proxy outside the overlay's CIDRs are still the cluster's:
     flows to them are internal, not egress (`config_from_pack` hands them to `Networks`)."""
-    overlay = tmp_path / "site.yaml"
-    overlay.write_text(
-        "overlay:\n  id: test-site\n  description: probe test\n"
-        "cluster:\n  pod_cidrs: [10.42.0.0/16]\n  service_cidrs: [10.43.0.0/16]\n  node_cidrs: [192.168.10.0/24]\n"
-        "  dns:\n    servers: [198.51.100.53]\n    suffixes: [cluster.local]\n"
-        "proxy: http://203.0.113.7:3128\n"
-    )
-    pack = load_pack(None, [overlay])
+    pack = _site_pack(tmp_path, "198.51.100.53", "203.0.113.7")
     t = Trace()
     t.tcp(POD, "203.0.113.7", 3128, [b"CONNECT api.gretel.cloud:443 HTTP/1.1\r\nHost: api.gretel.cloud:443\r\n\r\n"])
     t.tcp(POD, "198.51.100.53", 53, [b"\x00\x1d" + bytes(29)])
