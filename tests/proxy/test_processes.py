@@ -13,6 +13,7 @@ from pathlib import Path
 
 from auditor.k8s.inventory import Holding, InventoryConfig, InventorySnapshot, save_snapshot
 from auditor.proxy.ca import ensure_ca
+from auditor.proxy.pool import default_workers
 from auditor.sim.ca import ThrowawayCA
 
 from .conftest import API, UPSTREAM_IP, Upstream, events_of
@@ -39,12 +40,24 @@ def _wait_listening(port: int, proc: subprocess.Popen[bytes]) -> None:
     raise AssertionError("proxy did not start listening")
 
 
-def _curl(port: int, ca: Path, path: str) -> None:
+def _curl(port: int, ca: Path, path: str, body: Path | None = None) -> None:
+    data = ["--data-binary", f"@{body}", "-H", "content-type: text/csv"] if body is not None else []
     out = subprocess.run(
-        ["curl", "-sS", "--proxy", f"http://127.0.0.1:{port}", "--cacert", str(ca), f"https://{API}{path}"],
+        ["curl", "-sS", "--proxy", f"http://127.0.0.1:{port}", "--cacert", str(ca), *data, f"https://{API}{path}"],
         capture_output=True, timeout=20, env={"PATH": "/usr/bin:/bin"},
     )
     assert out.returncode == 0, out.stderr
+
+
+def _classifier_processes(pid: int) -> list[str]:
+    """The command lines of the proxy's children that are multiprocessing's spawned workers."""
+    found = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        for child in (task / "children").read_text().split():
+            cmdline = Path(f"/proc/{child}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+            if "multiprocessing.spawn" in cmdline:
+                found.append(cmdline)
+    return found
 
 
 def _lifecycle(store: str) -> tuple[list[str], list[str]]:
@@ -80,17 +93,24 @@ def test_stock_mitmdump_loads_the_addon(tmp_path: Path, test_ca: ThrowawayCA, up
         ],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE,
     )
+    rows = tmp_path / "rows.csv"  # over 32 KiB: classified in a worker process
+    rows.write_text("id,email,amount\n" + "".join(f"{i},user{i}@example.com,{i * 7 % 1000}\n" for i in range(2000)))
     try:
         _wait_listening(port, proc)
         _curl(port, ca.cert, "/users/me/billing?via=mitmdump")
+        _curl(port, ca.cert, "/v1/logs/rows", body=rows)
+        workers = _classifier_processes(proc.pid)
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(30)
+    assert len(workers) == default_workers(), workers  # the pool is up under mitmdump too
     lifecycle, paths = _lifecycle(store)
     assert lifecycle[0] == "start" and lifecycle[-1] == "stop"
-    assert paths == ["/users/me/billing"]
+    assert paths == ["/users/me/billing", "/v1/logs/rows"]
+    [leak] = [e for e in events_of(store) if e.http and e.http.path == "/v1/logs/rows"]
+    assert leak.payload is not None and "training-data" in leak.payload.labels and leak.decision is not None and leak.decision.action == "violation"
     assert "/users/me/billing?via=mitmdump" in upstream.paths()
-    [event] = [e for e in events_of(store) if e.http]
+    [event] = [e for e in events_of(store) if e.http and e.http.path == "/users/me/billing"]
     assert (event.source.pod, event.source.namespace, event.source.node, event.source.scope) == ("gretel-agent-7d9f", "gretel-hybrid", "node-a", "pod")
     assert event.decision is not None and event.decision.action == "allowed"
 
