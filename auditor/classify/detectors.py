@@ -658,7 +658,6 @@ def _csv_block_counted(text: str, min_rows: int, data: bytes | None = None) -> t
 
 
 def _csv_block_walked(text: str, min_rows: int) -> tuple[int, int, int, str] | None:
-    offset = 0
     for delim in _DELIMS:
         if text.count(delim) < 2 * min_rows:
             continue  # a block is min_rows lines of two or more delimiters each
@@ -672,16 +671,12 @@ def _csv_block_walked(text: str, min_rows: int) -> tuple[int, int, int, str] | N
             else:
                 run_len, run_cols = 0, -1
             if run_len >= min_rows:
-                offset = run_start
                 rows = run_len
-                # extend to the end of the block
-                rest = text[pos + len(line) + 1 :].split("\n")
-                for extra in rest:
-                    if extra.strip().count(delim) == run_cols:
-                        rows += 1
-                    else:
+                for extra in text[pos + len(line) + 1 :].split("\n"):  # extend to the end of the block
+                    if extra.strip().count(delim) != run_cols:
                         break
-                return offset, rows, run_cols + 1, delim
+                    rows += 1
+                return run_start, rows, run_cols + 1, delim
             pos += len(line) + 1
     return None
 

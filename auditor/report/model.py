@@ -603,21 +603,34 @@ class _VerifyJob:
         self.child.wait()
 
 
+@dataclass(frozen=True)
+class _Judging:
+    """What every event is measured against: the pack, matchers for its endpoints, and
+    the labels of its forbidden classes (made once per report)."""
+
+    pack: Pack
+    endpoints: list[tuple[str, _Matcher]]
+    forbidden_labels: dict[str, set[str]]
+    any_forbidden: frozenset[str]
+
+    @classmethod
+    def of(cls, pack: Pack) -> _Judging:
+        forbidden = {fc.id: set(fc.labels) for fc in pack.forbidden_classes}
+        return cls(pack, [(ep.id, _Matcher(ep.hosts)) for ep in pack.endpoints], forbidden, frozenset(label for labels in forbidden.values() for label in labels))
+
+
 def _reference_pass(
     store: Store,
-    pack: Pack,
     params: ReportParams,
-    endpoint_matchers: list[tuple[str, _Matcher]],
-    forbidden_labels: dict[str, set[str]],
-    any_forbidden: frozenset[str],
+    judging: _Judging,
 ) -> tuple[_Acc, str | None]:
     """Every event validated, judged and observed on its own: the definition the fast
     pass must agree with, and the pass for stores whose chains do not verify."""
-    acc = _Acc(flagged=_FindingGroups(pack))
+    acc = _Acc(flagged=_FindingGroups(judging.pack))
     read_error: str | None = None
     try:
-        for event in judge(store.events(params.since, params.until), pack):
-            _observe(acc, event, pack, endpoint_matchers, forbidden_labels, any_forbidden)
+        for event in judge(store.events(params.since, params.until), judging.pack):
+            _observe(acc, event, judging)
     except (ValueError, sqlite3.DatabaseError) as exc:  # pydantic's ValidationError is a ValueError
         read_error = f"the store could not be read past event {acc.events}: {_clean(str(exc).splitlines()[0], 200)}"
     _settle(acc, None)
@@ -640,15 +653,13 @@ def _build_report(store: Store, pack: Pack, params: ReportParams, *, fast: bool)
     checks = fast and _checks_chains(store, params)
     job = _VerifyJob.start(store) if fast and not checks else None
     verified: VerifyResult | None = None if job is not None or checks else store.verify()
-    endpoint_matchers = [(ep.id, _Matcher(ep.hosts)) for ep in pack.endpoints]
-    forbidden_labels = {fc.id: set(fc.labels) for fc in pack.forbidden_classes}
-    any_forbidden = frozenset(label for labels in forbidden_labels.values() for label in labels)
+    judging = _Judging.of(pack)
     acc: _Acc | None = None
     read_error: str | None = None
     try:
         if fast and (verified is None or verified.ok):
             try:
-                acc, checked = _fast_pass(store, pack, params, endpoint_matchers, forbidden_labels, any_forbidden, checks=checks)
+                acc, checked = _fast_pass(store, params, judging, checks=checks)
                 if checks:
                     verified = checked
             except (_Untrusted, sqlite3.DatabaseError):
@@ -662,7 +673,7 @@ def _build_report(store: Store, pack: Pack, params: ReportParams, *, fast: bool)
     if verified is None:  # the chains read with the events did not all verify (or were not read): the full account
         verified = store.verify()
     if acc is None or not verified.ok:
-        acc, read_error = _reference_pass(store, pack, params, endpoint_matchers, forbidden_labels, any_forbidden)
+        acc, read_error = _reference_pass(store, params, judging)
 
     assert acc.flagged is not None
     findings = acc.flagged.finish()
@@ -728,14 +739,7 @@ def _build_report(store: Store, pack: Pack, params: ReportParams, *, fast: bool)
     )
 
 
-def _observe(
-    acc: _Acc,
-    event: EgressEvent,
-    pack: Pack,
-    endpoint_matchers: list[tuple[str, _Matcher]],
-    forbidden_labels: dict[str, set[str]],
-    any_forbidden: frozenset[str],
-) -> None:
+def _observe(acc: _Acc, event: EgressEvent, judging: _Judging) -> None:
     """One event into the accumulators: the event is a profile of its own, made, added
     and folded in by the same helpers the fast pass runs once per profile."""
     acc.events += 1
@@ -752,7 +756,7 @@ def _observe(
     who = acc.who.get(src_key)
     if who is None:
         who = _new_source(acc, src_key)
-    p = _new_profile(acc, event, pack, endpoint_matchers, forbidden_labels, any_forbidden)
+    p = _new_profile(acc, event, judging)
     if p.code and acc.flagged is not None:
         acc.flagged.add(event)
     p.up, p.down = _bytes(event)
@@ -885,16 +889,9 @@ class _Profile:
     down: int = 0
 
 
-def _new_profile(
-    acc: _Acc,
-    event: EgressEvent,
-    pack: Pack,
-    endpoint_matchers: list[tuple[str, _Matcher]],
-    forbidden_labels: dict[str, set[str]],
-    any_forbidden: frozenset[str],
-) -> _Profile:
+def _new_profile(acc: _Acc, event: EgressEvent, judging: _Judging) -> _Profile:
     """The profile of an event, its samples taken at once, as the reference pass meets it."""
-    p = _profile_of(acc, event, pack, endpoint_matchers, forbidden_labels, any_forbidden)
+    p = _profile_of(acc, event, judging)
     _take_samples(acc, p)
     return p
 
@@ -914,14 +911,7 @@ def _take_samples(acc: _Acc, p: _Profile) -> None:
             k.field_paths.update(paths)
 
 
-def _profile_of(
-    acc: _Acc,
-    event: EgressEvent,
-    pack: Pack,
-    endpoint_matchers: list[tuple[str, _Matcher]],
-    forbidden_labels: dict[str, set[str]],
-    any_forbidden: frozenset[str],
-) -> _Profile:
+def _profile_of(acc: _Acc, event: EgressEvent, judging: _Judging) -> _Profile:
     """The per-event decisions for an event (the fast pass: any one of its profile), and
     the samples every event of a profile would offer (rule id, routes and field paths)."""
     decision = event.decision
@@ -937,7 +927,7 @@ def _profile_of(
     flow = event.flow
     dest = event.destination
     host = (dest.host or dest.sni or dest.http_host or dest.ip or "").lower().rstrip(".")
-    internal = (flow is not None and flow.direction == "internal") or _internal(acc, pack, dest.ip, host)
+    internal = (flow is not None and flow.direction == "internal") or _internal(acc, judging.pack, dest.ip, host)
     inbound = "inbound" in observations or (flow is not None and flow.direction == "inbound")
     endpoint: _EndpointAcc | None = None
     method: str | None = None
@@ -945,7 +935,7 @@ def _profile_of(
     endpoint_id: str | None = None
     dest_key: tuple[str, int | None] | None = None
     if not internal and not inbound and kind != "dns":
-        endpoint_id = _endpoint_id(acc, (dest.host, dest.sni, dest.http_host), endpoint_matchers)
+        endpoint_id = _endpoint_id(acc, (dest.host, dest.sni, dest.http_host), judging.endpoints)
         if endpoint_id is not None:
             endpoint = acc.endpoints[endpoint_id]
             if event.http is not None:
@@ -964,8 +954,8 @@ def _profile_of(
             samples.append((kind_id, route, paths))
         labels = set(payload.labels)
         labels.update(f.label for f in payload.findings)
-        if not labels.isdisjoint(any_forbidden):
-            forbidden = [class_id for class_id, wanted in forbidden_labels.items() if not labels.isdisjoint(wanted)]
+        if not labels.isdisjoint(judging.any_forbidden):
+            forbidden = [class_id for class_id, wanted in judging.forbidden_labels.items() if not labels.isdisjoint(wanted)]
     return _Profile(
         action=action, code=_ACTION_CODE[action],
         bytes_mode=1 if flow is not None else 2 if event.http is not None else 0,
@@ -1235,19 +1225,14 @@ class _Reader:
     def __init__(
         self,
         acc: _Acc,
-        pack: Pack,
-        endpoint_matchers: list[tuple[str, _Matcher]],
-        forbidden_labels: dict[str, set[str]],
-        any_forbidden: frozenset[str],
+        judging: _Judging,
         check: _ChainCheck | None = None,
     ) -> None:
         self.acc = acc
         self.check = check
         self.judge_flagged = False  # make and judge the events not allowed as they are read (not in a child: they do not travel well)
-        self.pack = pack
-        self.endpoint_matchers = endpoint_matchers
-        self.forbidden_labels = forbidden_labels
-        self.any_forbidden = any_forbidden
+        self.judging = judging
+        self.pack = judging.pack
         self.cols = _Columns()
         self.profiles: dict[tuple[Any, ...], _Profile] = {}
         self.whos: dict[tuple[str | None, str | None, str | None, str | None], int] = {}
@@ -1282,7 +1267,7 @@ class _Reader:
             if p is None:
                 event = EgressEvent.model_validate_json(body)
                 event.decision = evaluate(event, pack)
-                p = profiles[key] = _profile_of(acc, event, pack, self.endpoint_matchers, self.forbidden_labels, self.any_forbidden)
+                p = profiles[key] = _profile_of(acc, event, self.judging)
                 p.index = len(profiles) - 1
             rank = sensors.get(sensor_id)
             if rank is None:
@@ -1571,11 +1556,8 @@ _UNTRUSTED = (msgspec.MsgspecError, KeyError, TypeError, ValueError, AttributeEr
 
 def _fast_pass(
     store: Store,
-    pack: Pack,
     params: ReportParams,
-    endpoint_matchers: list[tuple[str, _Matcher]],
-    forbidden_labels: dict[str, set[str]],
-    any_forbidden: frozenset[str],
+    judging: _Judging,
     *,
     checks: bool = False,
 ) -> tuple[_Acc, VerifyResult | None]:
@@ -1586,8 +1568,9 @@ def _fast_pass(
     them in and does with numpy what `_add_event` does one event at a time. With `checks`
     (see `_checks_chains`) every record is read, its chain link checked on the way, and
     the second value is what `store.verify()` returns when all links hold, else None."""
+    pack = judging.pack
     acc = _Acc(flagged=_FindingGroups(pack))
-    reader = _Reader(acc, pack, endpoint_matchers, forbidden_labels, any_forbidden, _ChainCheck() if checks else None)
+    reader = _Reader(acc, judging, _ChainCheck() if checks else None)
     large = getattr(store, "event_rows", None) is not None and sum(h.count for h in store.chain_heads()) >= PARALLEL_READ_ABOVE
     spans = _spans(store, params, large=large, checks=checks)
     job = _PartJob.fork(store, reader, spans[1::2]) if large and len(spans) > 1 else None

@@ -24,20 +24,13 @@ from auditor.classify import engine
 from auditor.classify import routes as rt
 from auditor.model import PayloadInfo
 
+from verdicts import verdict  # tests/classify/verdicts.py (pytest puts this folder on the path)
+
 HOST = "api.gretel.cloud"
 FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 
 TYPED_ROUTES = [(r.method, r.template.replace("{", "").replace("}", ""), r.body) for r in rt.ROUTES if r.body is not None and rt.typed(r.body) is not None]
 
-
-def _verdict(info: PayloadInfo) -> tuple[object, ...]:
-    return (
-        info.labels,
-        info.metadata_kinds,
-        info.inspected,
-        info.not_inspected_reason,
-        [(f.detector, f.label, f.likelihood, f.field_path or "", f.count, f.excerpt or "") for f in info.findings],
-    )
 
 
 def _untyped(model: type[rt.Body]) -> None:
@@ -131,9 +124,9 @@ def test_typed_path_equals_the_walk(case: tuple[str, str, bytes], limits: Limits
     method, path, body = case
     fast = _classify(body, method, path, limits, typed=True)
     walked = _classify(body, method, path, limits, typed=False)
-    assert _verdict(fast) == _verdict(walked), body
+    assert verdict(fast) == verdict(walked), body
     full = _classify(body, method, path, limits, typed=True, context=unrelated_fps)
-    assert _verdict(fast) == _verdict(full), body
+    assert verdict(fast) == verdict(full), body
 
 
 def _benchmark_bodies() -> list[tuple[str, str, bytes]]:
@@ -157,7 +150,7 @@ def test_plain_status_and_log_bodies_take_the_typed_path(method: str, path: str,
         raise AssertionError("walked")
 
     monkeypatch.setattr(engine._Run, "walk", no_walk)
-    assert _verdict(_classify(body, method, path, None, typed=True)) == _verdict(expected)
+    assert verdict(_classify(body, method, path, None, typed=True)) == verdict(expected)
 
 
 def test_a_wrong_value_leaves_the_typed_path() -> None:

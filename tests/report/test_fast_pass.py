@@ -51,11 +51,7 @@ def _fast_pass_runs(path: Path, pack: Pack) -> None:
     """The fast pass itself accepts the store (it did not hand it to the reference pass)."""
     store = open_store(str(path), create=False)
     try:
-        endpoint_matchers = [(ep.id, model._Matcher(ep.hosts)) for ep in pack.endpoints]
-        forbidden = {fc.id: set(fc.labels) for fc in pack.forbidden_classes}
-        any_forbidden = frozenset(label for labels in forbidden.values() for label in labels)
-        acc, checked = model._fast_pass(store, pack, ReportParams(store_url=str(path)), endpoint_matchers, forbidden, any_forbidden,
-                                        checks=True)
+        acc, checked = model._fast_pass(store, ReportParams(store_url=str(path)), model._Judging.of(pack), checks=True)
         assert acc.events == store.count()
         assert checked == store.verify()  # the chains checked on the way, as `verify` checks them
     finally:
