@@ -680,7 +680,7 @@ def probe(
     from rich.live import Live
 
     from auditor.probe.capture import DEFAULT_BPF
-    from auditor.probe.runner import probe_options, run_probe, summary_table
+    from auditor.probe.runner import ProbeSummary, probe_options, run_probe, summary_table
 
     if not sensor_id.startswith("probe"):
         raise AuditorError(f"sensor id {sensor_id!r} must start with 'probe'", fix="e.g. --sensor-id probe-node1")
@@ -692,8 +692,17 @@ def probe(
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    with Live(console=err, refresh_per_second=4, transient=as_json) as live:
-        summary = run_probe(options, stop=stop, on_tick=lambda s: live.update(summary_table(s)))
+    live = Live(console=err, refresh_per_second=4, transient=as_json)
+
+    def show(summary: ProbeSummary) -> None:
+        if not live.is_started:  # started late: the judging process is forked before a display thread exists
+            live.start()
+        live.update(summary_table(summary))
+
+    try:
+        summary = run_probe(options, stop=stop, on_tick=show)
+    finally:
+        live.stop()
     if as_json:
         console.print_json(summary.model_dump_json())
     if summary.problem:

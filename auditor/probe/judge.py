@@ -18,6 +18,7 @@ from __future__ import annotations
 import gc
 import mmap
 import os
+import resource
 import signal
 import struct
 import traceback
@@ -40,6 +41,19 @@ _COUNTS = struct.Struct("<qq")  # written, dropped: the child's progress, shared
 _PIPE_BYTES = 1 << 20  # room for a few batches in flight (Linux's default cap for an unprivileged pipe)
 _F_SETPIPE_SZ = 1031
 Judge = Callable[[EgressEvent, "Pack"], Decision | None]
+
+
+def peak_memory_mb() -> int:
+    """This process's own high-water mark (VmHWM). ru_maxrss is not used: after
+    fork and exec it can still carry the parent's size."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) // 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
 
 
 class JudgeProcess:
@@ -85,6 +99,7 @@ class JudgeProcess:
         self._result = result_r
         self.written = 0
         self.dropped = 0
+        self.peak_memory_mb = 0  # the child's own high-water mark, known once it has ended
 
     def send(self, events: list[EgressEvent]) -> None:
         """One batch, in order after every batch before it."""
@@ -124,7 +139,7 @@ class JudgeProcess:
                 f"judging and storing the events failed: {result['error'].strip().splitlines()[-1]}",
                 fix="the events before the failure are stored; check the store (auditor verify) and run again",
             )
-        self.written, self.dropped = result["written"], result["dropped"]
+        self.written, self.dropped, self.peak_memory_mb = result["written"], result["dropped"], result["peak_memory_mb"]
 
 
 def _serve(fd: int, store_url: str, sensor_id: str, pack: Pack | None, evaluate: Judge | None, counts: mmap.mmap) -> dict[str, Any]:
@@ -158,4 +173,4 @@ def _serve(fd: int, store_url: str, sensor_id: str, pack: Pack | None, evaluate:
                 _COUNTS.pack_into(counts, 0, written, dropped)
     finally:
         store.close()
-    return {"written": written, "dropped": dropped}
+    return {"written": written, "dropped": dropped, "peak_memory_mb": peak_memory_mb()}

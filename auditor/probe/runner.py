@@ -14,7 +14,6 @@ import gc
 import json
 import os
 import queue
-import resource
 import socket
 import threading
 import time
@@ -32,7 +31,7 @@ from auditor.probe.capture import DEFAULT_BPF, CaptureStats, FileCapture, LiveCa
 from auditor.probe.coverage import ProxyIndex, mark_bypass
 from auditor.probe.engine import Probe, ProbeConfig, ProbeStats, when
 from auditor.probe.flows import Networks
-from auditor.probe.judge import JudgeProcess
+from auditor.probe.judge import JudgeProcess, peak_memory_mb
 from auditor.store.base import Store, open_store
 from auditor.store.writer import BatchWriter
 
@@ -59,7 +58,8 @@ class ProbeSummary(BaseModel):
     bypass: int = 0
     judged: bool = False
     problem: str | None = None
-    peak_memory_mb: int = 0
+    peak_memory_mb: int = 0  # this process
+    judge_peak_memory_mb: int = 0  # the forked judging process, when reading a file into a store
 
     @property
     def packets_per_second(self) -> float:
@@ -85,19 +85,6 @@ def config_from_pack(pack: Pack | None, base: ProbeConfig | None = None) -> tupl
             except OSError as exc:
                 raise AuditorError(f"cannot resolve the proxy {host} from the site overlay: {exc}", fix="give the proxy as an IP address in the overlay") from exc
     return cfg, Networks(cfg.cluster_cidrs or None, [str(n) for n in pack.internal_networks] if pack is not None else ())
-
-
-def _peak_memory_mb() -> int:
-    """This process's own high-water mark (VmHWM). ru_maxrss is not used: after
-    fork and exec it can still carry the parent's size."""
-    try:
-        with open("/proc/self/status") as fh:
-            for line in fh:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) // 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
 
 
 class _Session:
@@ -255,7 +242,7 @@ class _Session:
         s = self.summary
         s.seconds = time.monotonic() - self._t0
         s.stats = self.probe.stats()
-        s.peak_memory_mb = _peak_memory_mb()
+        s.peak_memory_mb = peak_memory_mb()
         if self.writer is not None:
             s.events_written = self.writer.written
             s.writer_dropped = self.writer.dropped
@@ -293,6 +280,7 @@ class _Session:
                 self.judge.close()
                 s.events_written = self.judge.written
                 s.writer_dropped = self.judge.dropped
+                s.judge_peak_memory_mb = self.judge.peak_memory_mb
         finally:
             for st in (self.store, self.reader):
                 if st is not None:
@@ -477,7 +465,7 @@ def summary_table(s: ProbeSummary) -> Table:
         ("malformed", f"{sum(st.malformed.values()):,}"),
         ("kernel / interface drops", f"{s.capture.dropped:,} / {s.capture.if_dropped:,}"),
         ("writer drops", f"{s.writer_dropped:,}"),
-        ("peak memory", f"{s.peak_memory_mb:,} MB"),
+        ("peak memory", f"{s.peak_memory_mb:,} MB" + (f" (+ {s.judge_peak_memory_mb:,} MB judging)" if s.judge_peak_memory_mb else "")),
     ]
     for name, value in rows:
         table.add_row(name, value)

@@ -107,3 +107,27 @@ def test_probe_rejects_bad_site_values_in_one_line(tmp_path: Path) -> None:
                               capture_output=True, text=True, timeout=60)  # fmt: skip
         assert proc.returncode == 3, (flag, proc.stderr)
         assert len(proc.stderr.strip().splitlines()) == 1 and proc.stderr.startswith("error: "), proc.stderr
+
+
+def test_the_judging_process_is_forked_before_the_live_display_starts_its_thread(tmp_path: Path, monkeypatch) -> None:
+    """A fork while another thread runs can leave the child a lock that thread held."""
+    import os
+    import threading
+
+    from rich.live import _RefreshThread
+    from typer.testing import CliRunner
+
+    from auditor.cli import app
+
+    seen: list[list[str]] = []
+    fork = os.fork
+
+    def watched_fork() -> int:
+        seen.append([t.name for t in threading.enumerate() if isinstance(t, _RefreshThread)])
+        return fork()
+
+    monkeypatch.setattr(os, "fork", watched_fork)
+    result = CliRunner().invoke(app, ["probe", "--pcap", str(_pcap(tmp_path)), "--store", str(tmp_path / "ev.db"), "--json"])
+    assert result.exit_code == 0, result.output
+    assert seen == [[]]  # one fork, and no display thread alive at it
+    assert json.loads(result.stdout)["judge_peak_memory_mb"] > 0

@@ -81,6 +81,7 @@ def test_forked_judge_stores_what_the_reading_process_would(tmp_path: Path, pack
     here = run_pcap(path, str(tmp_path / "here.db"), pack=pack, sink=seen.append)  # a sink keeps judging here
     assert forked.events_written == forked.events_submitted == here.events_written == len(seen)
     assert forked.writer_dropped == here.writer_dropped == 0
+    assert forked.judge_peak_memory_mb > 0 and here.judge_peak_memory_mb == 0  # the child's own high-water mark
     got, ref = records(str(tmp_path / "forked.db")), records(str(tmp_path / "here.db"))
     assert [r[:3] for r in got] == [r[:3] for r in ref]
     for a, b in zip(got, ref):
