@@ -1,4 +1,4 @@
-"""The probe's engine: frames in, EgressEvents out.
+"""The probe's engine: frames in, events out.
 
 One class keeps the hot path in one place. Live, frame by frame (`feed`): a bulk
 TCP segment is a header decode, one dict lookup and four counter updates. From a
@@ -9,6 +9,11 @@ the per-packet path in capture order; tests/probe/test_batch.py holds the two
 paths to the same events. Everything slower happens once per flow or once per
 lookup. The engine records facts and observations only: judging is the policy's
 job, storing is the runner's.
+
+Events leave as documents (`EventDoc`: an EgressEvent's fields as plain data) and
+become models where they leave the engine's process or meet code that reads models:
+building tens of thousands of nested pydantic models in the reading process cost
+more than a quarter of its time, only for the judging process to parse them again.
 """
 
 from __future__ import annotations
@@ -21,13 +26,14 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from heapq import heapify, heappop, heapreplace
 from itertools import islice
+from typing import Any
 from datetime import UTC, datetime, timedelta
 from urllib.parse import urlsplit
 
 import numpy as np
 from pydantic import BaseModel, Field, field_validator
 
-from auditor.model import DnsInfo, EgressEvent, FlowInfo, HttpInfo, Source, Destination
+from auditor.model import EgressEvent
 from auditor.probe import dissect as dx
 from auditor.probe.batch import BARRIER, BULK, Headers, read_headers, segments
 from auditor.probe.capture import Records
@@ -68,6 +74,7 @@ from auditor.probe.flows import (
 from auditor.probe.quic import CryptoStream, is_long_header
 from auditor.redact import redact_query
 
+EventDoc = dict[str, Any]  # an EgressEvent's fields (nested ones as dicts); validated as one where it is used
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _S = 1_000_000
 MAX_STREAM = 65536
@@ -177,7 +184,7 @@ class Probe:
         self.provenance = Provenance()
         self.tunnels = TunnelDetector(cfg.tunnel)
         self.pending: OrderedDict[tuple[bytes, bytes, int, int], _Query] = OrderedDict()
-        self.out: list[EgressEvent] = []
+        self.out: list[EventDoc] = []
         self.held: list[EgressEvent] = []
         self.cluster_dns = {socket.inet_pton(socket.AF_INET6 if ":" in ip else socket.AF_INET, ip) for ip in cfg.cluster_dns}
         self.proxies: set[tuple[str, int]] = set()
@@ -590,25 +597,24 @@ class Probe:
         self.tls_out += 1
         obs, notes, name, chain, dirn = self._observe(f)
         dst = ip_text(f.dst)
-        ev = EgressEvent(
-            sensor_id=self.config.sensor_id,
-            kind="tls",
-            time=when(ts),
-            source=Source(ip=ip_text(f.src), port=f.sport, scope="external" if dirn == "inbound" else "unknown"),
-            destination=Destination(
-                host=hello.sni or name,
-                sni=hello.sni,
-                ip=dst,
-                port=f.dport,
-                transport="udp" if f.proto == UDP else "tcp",
-                app_protocol="quic" if f.quic else "tls",
-                tls=True,
-            ),
-            flow=FlowInfo(direction=dirn, first_seen=when(f.first), last_seen=when(ts), resolved_name=name, cname_chain=chain),
-            observations=sorted(obs - {"bypass"}),
-            notes=notes,
-        )
-        self._emit(ev)
+        self._emit({
+            "sensor_id": self.config.sensor_id,
+            "kind": "tls",
+            "time": when(ts),
+            "source": {"ip": ip_text(f.src), "port": f.sport, "scope": "external" if dirn == "inbound" else "unknown"},
+            "destination": {
+                "host": hello.sni or name,
+                "sni": hello.sni,
+                "ip": dst,
+                "port": f.dport,
+                "transport": "udp" if f.proto == UDP else "tcp",
+                "app_protocol": "quic" if f.quic else "tls",
+                "tls": True,
+            },
+            "flow": {"direction": dirn, "first_seen": when(f.first), "last_seen": when(ts), "resolved_name": name, "cname_chain": chain},
+            "observations": sorted(obs - {"bypass"}),
+            "notes": notes,
+        })
 
     # ------------------------------------------------------------ DNS
 
@@ -697,26 +703,26 @@ class Probe:
             obs.append("dns-foreign-resolver")
         self.dns_out += 1
         server = ip_text(q.server)
-        ev = EgressEvent(
-            sensor_id=self.config.sensor_id,
-            kind="dns",
-            time=when(q.time_us),
-            source=Source(ip=ip_text(q.client), port=q.cport),
-            destination=Destination(ip=server, port=q.sport, transport="tcp" if q.over == "tcp" else "udp", app_protocol="dns"),
-            dns=DnsInfo(
-                qname=q.qname,
-                qtype=q.qtype,
-                rcode=dx.RCODES.get(m.rcode, f"RCODE{m.rcode}") if m is not None else None,
-                answers=answers,
-                cname_chain=chain,
-                ttl=ttl,
-                resolver=server,
-                over="tcp" if q.over == "tcp" else "udp",
-            ),
-            observations=obs,
-            notes=notes,
-        )
-        self._emit(ev)
+        over = "tcp" if q.over == "tcp" else "udp"
+        self._emit({
+            "sensor_id": self.config.sensor_id,
+            "kind": "dns",
+            "time": when(q.time_us),
+            "source": {"ip": ip_text(q.client), "port": q.cport},
+            "destination": {"ip": server, "port": q.sport, "transport": over, "app_protocol": "dns"},
+            "dns": {
+                "qname": q.qname,
+                "qtype": q.qtype,
+                "rcode": dx.RCODES.get(m.rcode, f"RCODE{m.rcode}") if m is not None else None,
+                "answers": answers,
+                "cname_chain": chain,
+                "ttl": ttl,
+                "resolver": server,
+                "over": over,
+            },
+            "observations": obs,
+            "notes": notes,
+        })
 
     def _foreign_resolver(self, server: bytes) -> bool:
         if self.cluster_dns:
@@ -789,48 +795,48 @@ class Probe:
         if f.http:
             method, target, http_host = f.http
             http = _http_info(method, target)
-        host = f.sni or (http.path if http is not None and method == "CONNECT" else http_host) or name
-        ev = EgressEvent(
-            sensor_id=self.config.sensor_id,
-            kind="icmp" if is_icmp else "flow",
-            time=when(f.first),
-            source=Source(ip=ip_text(f.src), port=None if is_icmp or f.transport == "other" else f.sport, scope="external" if dirn == "inbound" else "unknown"),
-            destination=Destination(
-                host=host,
-                sni=f.sni,
-                http_host=http_host,
-                ip=ip_text(f.dst),
-                port=None if is_icmp or f.transport == "other" else f.dport,
-                transport=f.transport,  # type: ignore[arg-type]
-                app_protocol=_app_protocol(f),
-                tls=True if (f.sni or f.alpn or f.quic) else False if f.http else None,
-            ),
-            http=http,
-            flow=FlowInfo(
-                direction=dirn,  # type: ignore[arg-type]
-                tcp_state=f.tcp_state(),
-                bytes_up=f.by[0],
-                bytes_down=f.by[1],
-                packets_up=f.pk[0],
-                packets_down=f.pk[1],
-                first_seen=when(f.first),
-                last_seen=when(f.last),
-                resolved_name=name,
-                cname_chain=chain,
-            ),
-            observations=sorted(obs),
-            notes=notes,
-        )
+        host = f.sni or (http["path"] if http is not None and method == "CONNECT" else http_host) or name
+        ev: EventDoc = {
+            "sensor_id": self.config.sensor_id,
+            "kind": "icmp" if is_icmp else "flow",
+            "time": when(f.first),
+            "source": {"ip": ip_text(f.src), "port": None if is_icmp or f.transport == "other" else f.sport, "scope": "external" if dirn == "inbound" else "unknown"},
+            "destination": {
+                "host": host,
+                "sni": f.sni,
+                "http_host": http_host,
+                "ip": ip_text(f.dst),
+                "port": None if is_icmp or f.transport == "other" else f.dport,
+                "transport": f.transport,
+                "app_protocol": _app_protocol(f),
+                "tls": True if (f.sni or f.alpn or f.quic) else False if f.http else None,
+            },
+            "http": http,
+            "flow": {
+                "direction": dirn,
+                "tcp_state": f.tcp_state(),
+                "bytes_up": f.by[0],
+                "bytes_down": f.by[1],
+                "packets_up": f.pk[0],
+                "packets_down": f.pk[1],
+                "first_seen": when(f.first),
+                "last_seen": when(f.last),
+                "resolved_name": name,
+                "cname_chain": chain,
+            },
+            "observations": sorted(obs),
+            "notes": notes,
+        }
         candidate = (
             dirn == "egress" and not is_icmp and self.config.bypass_enabled and "to the audit proxy" not in notes and f.insp != INSP_DNS
         )
         if candidate:
-            self.held.append(ev)
+            self.held.append(EgressEvent.model_validate(ev))  # judged later, once the proxy's records are in: a model, as coverage reads it
         else:
             self._emit(ev)
 
-    def _emit(self, ev: EgressEvent) -> None:
-        for o in ev.observations:
+    def _emit(self, ev: EventDoc) -> None:
+        for o in ev["observations"]:
             self.obs_counts[o] += 1
         self.out.append(ev)
 
@@ -843,15 +849,13 @@ class Probe:
             return
         if self.malformed[reason] > self.config.malformed_events_per_reason:
             return
-        self._emit(
-            EgressEvent(
-                sensor_id=self.config.sensor_id,
-                kind="flow",
-                time=when(ts) if ts > 0 else when(self.now_us),
-                observations=["malformed"],
-                notes=[f"malformed: {reason}"],
-            )
-        )
+        self._emit({
+            "sensor_id": self.config.sensor_id,
+            "kind": "flow",
+            "time": when(ts) if ts > 0 else when(self.now_us),
+            "observations": ["malformed"],
+            "notes": [f"malformed: {reason}"],
+        })
 
     # ------------------------------------------------------------ time
 
@@ -916,13 +920,13 @@ def _app_protocol(f: Flow) -> str | None:
     return None
 
 
-def _http_info(method: str, target: str) -> HttpInfo:
+def _http_info(method: str, target: str) -> dict[str, str | None]:
     """Method, path and redacted query of a plaintext request (origin, absolute or authority form)."""
     if method == "CONNECT":
-        return HttpInfo(method=method, scheme=None, path=target)
+        return {"method": method, "scheme": None, "path": target}
     if "://" in target:
         parts = urlsplit(target)
         path, query = parts.path or "/", parts.query
     else:
         path, _, query = target.partition("?")
-    return HttpInfo(method=method, scheme="http", path=path or "/", query=redact_query(query) if query else None)
+    return {"method": method, "scheme": "http", "path": path or "/", "query": redact_query(query) if query else None}

@@ -101,11 +101,13 @@ class JudgeProcess:
         self.dropped = 0
         self.peak_memory_mb = 0  # the child's own high-water mark, known once it has ended
 
-    def send(self, events: list[EgressEvent]) -> None:
-        """One batch, in order after every batch before it."""
+    def send(self, events: list[dict[str, Any]]) -> None:
+        """One batch of event documents (an EgressEvent's fields as plain data, `model_dump()`
+        of one or the engine's `EventDoc`), in order after every batch before it. The child
+        validates them: an invalid one fails the run there, as a bad model would have here."""
         if not events:
             return
-        blob = _EVENTS.dump_json(events)
+        blob = orjson.dumps(events)
         try:
             self._pipe.write(_HEAD.pack(len(blob)))
             self._pipe.write(blob)

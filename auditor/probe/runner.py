@@ -29,7 +29,7 @@ from auditor.errors import AuditorError
 from auditor.model import Decision, EgressEvent, sensor_event
 from auditor.probe.capture import DEFAULT_BPF, CaptureStats, FileCapture, LiveCapture
 from auditor.probe.coverage import ProxyIndex, mark_bypass
-from auditor.probe.engine import Probe, ProbeConfig, ProbeStats, when
+from auditor.probe.engine import EventDoc, Probe, ProbeConfig, ProbeStats, when
 from auditor.probe.flows import Networks
 from auditor.probe.judge import JudgeProcess, peak_memory_mb
 from auditor.store.base import Store, open_store
@@ -143,7 +143,7 @@ class _Session:
     def submit(self, ev: EgressEvent) -> None:
         self.submit_all((ev,))
 
-    def submit_all(self, events: Iterable[EgressEvent]) -> None:
+    def submit_all(self, events: Iterable[EgressEvent | EventDoc]) -> None:
         """Attribute (the pod or node that held the address then: the policy needs the scope),
         judge, and hand on. In bursts: this runs once per event of a busy capture."""
         inventory, pack = self.inventory, self.pack
@@ -160,14 +160,15 @@ class _Session:
         hand_on = self.writer.submit if self.writer is not None else None
         sink = self._sink
         n = 0
-        if self.judge is not None:  # the judge process evaluates; attribution stays here, with the inventory
-            batch = list(events)
+        if self.judge is not None:  # the judge process validates and evaluates; attribution stays here, with the inventory
+            docs = [e if isinstance(e, dict) else e.model_dump() for e in events]
             if attribute is not None and inventory is not None:
-                batch = [e if e.kind == "sensor" else attribute(e, inventory) for e in batch]
-            self.judge.send(batch)
-            self.summary.events_submitted += len(batch)
+                docs = [d if d["kind"] == "sensor" else attribute(EgressEvent.model_validate(d), inventory).model_dump() for d in docs]
+            self.judge.send(docs)
+            self.summary.events_submitted += len(docs)
             return
-        for ev in events:
+        for e in events:
+            ev = EgressEvent.model_validate(e) if isinstance(e, dict) else e
             if ev.kind != "sensor":
                 if attribute is not None and inventory is not None:
                     ev = attribute(ev, inventory)

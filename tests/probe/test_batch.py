@@ -16,6 +16,7 @@ from scapy.layers.inet6 import IPv6, IPv6ExtHdrDestOpt, IPv6ExtHdrHopByHop
 from scapy.layers.l2 import GRE, CookedLinux, CookedLinuxV2, Dot1Q, Ether
 from scapy.packet import Packet, Raw, raw
 
+from auditor.model import EgressEvent
 from auditor.probe.capture import FileCapture
 from auditor.probe.engine import Probe, ProbeConfig, ProbeStats
 from auditor.probe.runner import feed_file
@@ -41,7 +42,7 @@ def run(path: Path, batched: bool, **config: object) -> tuple[list[dict], ProbeS
             while probe.feed(frames, 1024):
                 pass
     probe.finish()
-    events = [e.model_dump(mode="json", exclude={"id"}) for e in probe.out + probe.held]
+    events = [e.model_dump(mode="json", exclude={"id"}) for e in [*map(EgressEvent.model_validate, probe.out), *probe.held]]
     return events, probe.stats(), probe.bulk
 
 

@@ -118,8 +118,8 @@ def test_a_failed_append_is_counted_and_chained_as_a_drop(tmp_path: Path, pack: 
     )
     db.commit()
     db.close()
-    judge.send([EgressEvent(sensor_id="probe", kind="flow"), EgressEvent(sensor_id="probe", kind="tls")])  # refused: both lost
-    judge.send([EgressEvent(sensor_id="probe", kind="tls")])  # stored, with a drop record for the two
+    judge.send([EgressEvent(sensor_id="probe", kind="flow").model_dump(), EgressEvent(sensor_id="probe", kind="tls").model_dump()])  # refused: both lost
+    judge.send([EgressEvent(sensor_id="probe", kind="tls").model_dump()])  # stored, with a drop record for the two
     judge.close()
     assert (judge.written, judge.dropped) == (2, 2)
     docs = [r[3] for r in records(url)]
