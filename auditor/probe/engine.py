@@ -12,8 +12,8 @@ job, storing is the runner's.
 
 Events leave as documents (`EventDoc`: an EgressEvent's fields as plain data) and
 become models where they leave the engine's process or meet code that reads models:
-building tens of thousands of nested pydantic models in the reading process cost
-more than a quarter of its time, only for the judging process to parse them again.
+building tens of thousands of nested pydantic models in the reading process took
+about a quarter of its time, only for the judging process to parse them again.
 """
 
 from __future__ import annotations
