@@ -74,7 +74,7 @@ def import_(
 
 @app.command()
 def demo(
-    scenario: Annotated[str, typer.Option("--scenario", help="clean (only allowed traffic) or leaky (eight injected violations).")] = "clean",
+    scenario: Annotated[str, typer.Option("--scenario", help="clean (only allowed traffic) or leaky (nine injected violations).")] = "clean",
     out: Annotated[Path, typer.Option("--out", "-o", help="Where each run's evidence, report and public key go.")] = Path("auditor-demo"),
 ) -> None:
     """Run the whole auditor on a simulated Gretel Hybrid on loopback: exit 0 PASS, 1 FAIL, 2 INCONCLUSIVE."""

@@ -92,6 +92,7 @@ class HttpInfo(_Model):
     content_encoding: str | None = None
     alpn: str | None = None
     duration_us: int | None = Field(default=None, ge=0)
+    login_registry: str | None = None  # the registry host a get_login answer named (never its credentials)
 
 
 class DetectorFinding(_Model):

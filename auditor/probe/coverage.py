@@ -16,6 +16,7 @@ from datetime import datetime, timedelta
 from pydantic import BaseModel, Field
 
 from auditor.model import EgressEvent
+from auditor.rules import registry
 from auditor.store.base import Store
 
 PROXY_PREFIX = "proxy"
@@ -76,10 +77,15 @@ class ProxyIndex:
         self._by_name: dict[tuple[str, int], list[int]] = defaultdict(list)
         self._seen: dict[str, int] = {}  # event id -> time, so overlapping reads count once
         self.events = 0
+        self.login_registries: dict[str, int] = {}  # registry host a get_login answer named -> first time; never pruned
 
     def add(self, ev: EgressEvent) -> None:
         if is_proxy_record(ev):
-            self.record(ev.id, timestamp_us(ev.time), proxy_keys(ev))
+            t = timestamp_us(ev.time)
+            self.record(ev.id, t, proxy_keys(ev))
+            named = ev.http.login_registry if ev.http is not None else None
+            if named and t < self.login_registries.get(named, t + 1):
+                self.login_registries[named] = t
 
     def record(self, event_id: str, t: int, keys: tuple[ProxyKey, ...]) -> None:
         """One proxy record by its id, `timestamp_us` time and `proxy_keys`."""
@@ -145,6 +151,27 @@ def mark_bypass(events: list[EgressEvent], index: ProxyIndex, slack_s: float = 5
         if is_external_flow(ev) and not index.matches(ev, slack_s) and "bypass" not in ev.observations:
             ev.observations = sorted([*ev.observations, "bypass"])
             ev.notes.append("no proxy connection to this destination during the flow")
+            count += 1
+    return count
+
+
+def mark_unnamed_registries(events: list[EgressEvent], index: ProxyIndex) -> int:
+    """Red flag 10 for pulls around the proxy: add `registry-not-named` to each external
+    flow to a registry's name (`registry.is_registry_name`) that no get_login answer the
+    proxy recorded before the flow began had named. Before any such answer, nothing is
+    judged. Returns how many were marked."""
+    count = 0
+    for ev in events:
+        if not index.login_registries or not is_external_flow(ev) or ev.flow is None or ev.flow.first_seen is None:
+            continue
+        name = ev.destination.sni or ev.destination.host
+        if not name or not registry.is_registry_name(name) or registry.OBSERVATION in ev.observations:
+            continue
+        start = timestamp_us(ev.flow.first_seen)
+        named = {host for host, t in index.login_registries.items() if t <= start}
+        if registry.unnamed(name, named):
+            ev.observations = sorted([*ev.observations, registry.OBSERVATION])
+            ev.notes.append(registry.note(named))
             count += 1
     return count
 

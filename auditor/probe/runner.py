@@ -28,7 +28,7 @@ from rich.table import Table
 from auditor.errors import AuditorError
 from auditor.model import Decision, EgressEvent, sensor_event
 from auditor.probe.capture import DEFAULT_BPF, CaptureStats, FileCapture, LiveCapture
-from auditor.probe.coverage import ProxyIndex, mark_bypass
+from auditor.probe.coverage import ProxyIndex, mark_bypass, mark_unnamed_registries
 from auditor.probe.engine import EventDoc, Probe, ProbeConfig, ProbeStats, when
 from auditor.probe.flows import Networks
 from auditor.probe.judge import JudgeProcess, peak_memory_mb
@@ -199,6 +199,7 @@ class _Session:
                 self._refresh_index(ready)
                 n = mark_bypass(ready, self.index, BYPASS_GRACE_S)
                 self.summary.bypass += n
+                mark_unnamed_registries(ready, self.index)
                 for ev in ready:
                     probe.obs_counts.update(ev.observations)  # held events were not counted when built
                 self.submit_all(ready)

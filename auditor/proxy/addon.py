@@ -30,7 +30,7 @@ from mitmproxy.proxy import layer, layers
 from mitmproxy.proxy.layers.tls import ServerTLSLayer
 from mitmproxy.proxy.server_hooks import ServerConnectionHookData
 
-from auditor.classify.decode import Limits
+from auditor.classify.decode import Budget, LimitExceeded, Limits, Undecodable, decode_content
 from auditor.model import Decision, EgressEvent, FlowInfo, PayloadInfo, Source, sensor_event
 from auditor.proxy import checks
 from auditor.proxy.routing import ConnectTo, Tunnel
@@ -47,6 +47,7 @@ from auditor.proxy.bodies import (
 from auditor.proxy.gate import GATED, Gate, gate_layers
 from auditor.proxy.pool import POOL_MIN_BYTES, ClassifyPool, ContextFiles, default_workers
 from auditor.proxy.events import destination_of, http_info, source_of, upstream_of, when
+from auditor.rules import registry
 from auditor.store.writer import BatchWriter
 
 log = logging.getLogger("auditor.proxy")
@@ -101,6 +102,7 @@ class AuditorAddon:
         self._deferred: deque[tuple[Callable[..., Any], tuple[Any, ...]]] = deque()
         self._deferred_handle: asyncio.Handle | None = None
         self._name_check_cache: dict[tuple[Any, ...], tuple[str, ...]] = {}
+        self.login_registries: dict[str, float] = {}  # registry host -> when a get_login answer last named it
         self.pool: ClassifyPool | None = None
         self._pool_key: tuple[Any, ...] | None = None
         self._pooled: dict[str, tuple[http.HTTPFlow, asyncio.Future[PayloadInfo]]] = {}
@@ -674,6 +676,10 @@ class AuditorAddon:
                 event.notes.extend(f"response: {n}" for n in sizes.notes)
             if flow.websocket is not None:
                 event.destination.app_protocol = "websocket"
+            named = self._login_registry(flow)
+            if named is not None:
+                event.http.login_registry = named
+                self.login_registries[named] = time.time()
         for obs in self._cert_observations(flow.server_conn, event.destination.sni):
             _add(event.observations, obs)
         if flow.error is not None:
@@ -702,6 +708,19 @@ class AuditorAddon:
             event.decision = self._judge(event)
         if event.payload is not None and not event.payload.inspected:
             self.counts["not_inspected"] += 1
+
+    def _login_registry(self, flow: http.HTTPFlow) -> str | None:
+        """The registry a get_login answer names (red flag 10); its bytes are decoded within
+        the answer's size cap, and only the registry's name is kept."""
+        req, resp = flow.request, flow.response
+        raw = resp.raw_content if resp is not None else None
+        if resp is None or raw is None or req.method != "GET" or not req.path.startswith(registry.GET_LOGIN_PATH):
+            return None
+        try:
+            body = decode_content(raw, resp.headers.get("content-encoding"), Budget(Limits(max_decoded_bytes=registry.MAX_LOGIN_BODY)))
+        except (LimitExceeded, Undecodable):
+            return None
+        return registry.login_registry(req.method, req.path, resp.status_code, body)
 
     def _http_event(self, flow: http.HTTPFlow, payload: PayloadInfo | None = None) -> EgressEvent:
         """The event for a request whose body (if any) is held whole; `payload` when a classifier process judged it."""
@@ -751,6 +770,10 @@ class AuditorAddon:
         )
         for o in self._name_checks(target, dest.sni, dest.http_host, flow.request.host, flow.request.port, dest.host, bool(dest.tls)):
             _add(event.observations, o)
+        req = flow.request
+        if self.login_registries and registry.is_pull(req.method, req.path) and registry.unnamed(req.pretty_host, self.login_registries):
+            _add(event.observations, registry.OBSERVATION)
+            event.notes.append(registry.note(self.login_registries))
         return event
 
     def _name_checks(

@@ -1085,6 +1085,7 @@ class _RawHttp(msgspec.Struct, forbid_unknown_fields=True):
     response_bytes_wire: int | None
     scheme: str | None
     status: msgspec.Raw
+    login_registry: str | None = None  # recorded since red flag 10; older stores lack it
 
 
 class _RawFlow(msgspec.Struct, forbid_unknown_fields=True):

@@ -585,4 +585,5 @@ APPS: dict[str, App] = {
     names.LAYER_BUCKET_HOST: s3_app,
     names.CUSTOMER_BUCKET_HOST: s3_app,
     names.FOREIGN: foreign_app,
+    names.OTHER_REGISTRY: foreign_app,
 }

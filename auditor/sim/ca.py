@@ -1,7 +1,7 @@
 """A throwaway certificate authority for the simulated Gretel Hybrid.
 
 EC P-256 keys, because a simulation that starts in well under a second cannot afford
-RSA key generation for nine hosts. The CA key never leaves `ca_dir` (mode 0600).
+RSA key generation for every host. The CA key never leaves `ca_dir` (mode 0600).
 """
 
 from __future__ import annotations

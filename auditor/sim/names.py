@@ -17,6 +17,7 @@ LAYER_BUCKET_HOST = f"{LAYER_BUCKET}.s3.{REGION}.amazonaws.com"
 CUSTOMER_BUCKET = "acme-gretel-hybrid"
 CUSTOMER_BUCKET_HOST = f"{CUSTOMER_BUCKET}.s3.{REGION}.amazonaws.com"
 FOREIGN = "collector.example.net"
+OTHER_REGISTRY = f"123456789012.dkr.ecr.{REGION}.amazonaws.com"  # an ECR registry get_login never names
 FOREIGN_BUCKET = "exfil-drop-7f3a"
 
 # name -> default listen address; the DNS server answers these and nothing else.
@@ -29,6 +30,7 @@ DEFAULT_ADDRESSES: dict[str, str] = {
     LAYER_BUCKET_HOST: "127.0.0.16",
     CUSTOMER_BUCKET_HOST: "127.0.0.17",
     FOREIGN: "127.0.0.18",
+    OTHER_REGISTRY: "127.0.0.19",
 }
 DNS_ADDRESS = "127.0.0.10"
 

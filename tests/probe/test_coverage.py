@@ -9,6 +9,7 @@ from auditor.model import Destination, EgressEvent, HttpInfo
 from auditor.probe.coverage import proxy_coverage
 from auditor.probe.engine import ProbeConfig
 from auditor.probe.runner import run_pcap
+from auditor.rules import load_pack
 from auditor.store.base import open_store
 
 from .traffic import T0, Trace, client_hello
@@ -67,3 +68,35 @@ def test_without_a_proxy_no_flow_is_called_bypass(tmp_path: Path) -> None:
     st = open_store(str(tmp_path / "n.db"), create=False)
     assert proxy_coverage(st).share == 0.0  # still measurable: the proxy saw none of it
     st.close()
+
+
+def test_node_pulls_around_the_proxy_are_checked_against_the_registry_get_login_named(tmp_path: Path) -> None:
+    """Red flag 10 for pulls the proxy never carries: a node's TLS connection to a
+    registry's name other than the one a get_login answer (recorded by the proxy) named."""
+    named, other = "074762682575.dkr.ecr.us-west-2.amazonaws.com", "123456789012.dkr.ecr.us-west-2.amazonaws.com"
+    node = "192.168.10.7"
+    store_url = str(tmp_path / "ev.db")
+    login = _proxy_event("34.1.2.3", "api.gretel.cloud", T0 + 0.001)
+    assert login.http is not None
+    login.http.path, login.http.login_registry = "/opt/containers/get_login", named
+    st = open_store(store_url)
+    st.append([login])
+    st.close()
+    t = Trace(t0=T0 - 100)
+    t.tcp(node, "52.10.0.9", 443, [client_hello(other)])  # before any get_login answer: nothing to check against
+    later = Trace(t0=T0 + 1)
+    later.tcp(node, "52.10.0.1", 443, [client_hello(named)])
+    later.tcp(node, "52.10.0.2", 443, [client_hello(other)])
+    later.tcp(node, "52.10.0.3", 443, [client_hello("quay.io")])
+    later.tcp(node, "52.10.0.4", 443, [client_hello("downloads.example.org")])  # not a registry's name
+    t.packets += later.packets
+    cfg = ProbeConfig(proxies=["10.43.12.7:3128"], cluster_cidrs=["10.42.0.0/16", "10.43.0.0/16", "192.168.10.0/24"])
+    run_pcap(t.write(tmp_path / "pulls.pcap"), store_url, config=cfg, pack=load_pack())
+    st = open_store(store_url, create=False)
+    flows = [e for e in st.events() if e.sensor_id == "probe" and e.kind == "flow"]
+    st.close()
+    marked = {(e.destination.ip, "registry-not-named" in e.observations) for e in flows}
+    assert marked == {("52.10.0.9", False), ("52.10.0.1", False), ("52.10.0.2", True), ("52.10.0.3", True), ("52.10.0.4", False)}
+    [pull] = [e for e in flows if e.destination.ip == "52.10.0.2"]
+    assert f"get_login named {named}" in pull.notes
+    assert pull.decision is not None and "obs.registry-not-named" in pull.decision.rule_ids

@@ -4,6 +4,7 @@ the auditor proxy running in-process (one at a time: mitmproxy's context is glob
 from __future__ import annotations
 
 import asyncio
+import gzip
 import json
 import socket
 import ssl
@@ -22,9 +23,11 @@ from auditor.sim.ca import IssuedCert, ThrowawayCA
 API = "api.gretel.cloud"
 ARTIFACTS = "artifacts.gretel.cloud"
 FOREIGN = "collector.example.net"
+REGISTRY = "074762682575.dkr.ecr.us-west-2.amazonaws.com"
 UPSTREAM_IP = "127.0.7.1"  # port 443 like the real endpoints, so the pack's port rules hold
 WRONG_CERT_IP = "127.0.7.2"
-NAMES = [API, ARTIFACTS, FOREIGN, "s3.amazonaws.com"]
+NAMES = [API, ARTIFACTS, FOREIGN, REGISTRY, "s3.amazonaws.com"]
+LOGIN_PASSWORD = "ecr-password-never-recorded"  # what the get_login answer carries beside the registry
 
 
 @dataclass
@@ -72,12 +75,18 @@ def _handler(upstream: Upstream) -> type[BaseHTTPRequestHandler]:
                 body = b"".join(parts)
             with upstream.lock:
                 upstream.seen.append(Seen(self.command, self.path, dict(self.headers), body))
+            encoding = None
             if self.path.startswith("/big-response"):
                 payload = b"x" * (3 * 1024 * 1024)
+            elif self.path.startswith("/opt/containers/get_login"):  # as api.gretel.cloud answers it, compressed
+                login = {"data": {"auth": {"username": "AWS", "password": LOGIN_PASSWORD}, "registry": f"https://{REGISTRY}"}}
+                payload, encoding = gzip.compress(json.dumps(login).encode()), "gzip"
             else:
                 payload = json.dumps({"ok": True, "path": self.path, "received": len(body)}).encode()
             self.send_response(200)
             self.send_header("content-type", "application/json")
+            if encoding:
+                self.send_header("content-encoding", encoding)
             self.send_header("content-length", str(len(payload)))
             self.end_headers()
             if self.command != "HEAD":

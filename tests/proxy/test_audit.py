@@ -25,6 +25,8 @@ from .conftest import (
     API,
     ARTIFACTS,
     FOREIGN,
+    LOGIN_PASSWORD,
+    REGISTRY,
     UPSTREAM_IP,
     RunningProxy,
     Upstream,
@@ -51,7 +53,7 @@ def proxy(tmp_path_factory: pytest.TempPathFactory, test_ca: ThrowawayCA, proxy_
         inspect_cap=CAP,
         passthrough=["s3.amazonaws.com"],
         connect_to=[
-            f"{API}:443:{UPSTREAM_IP}:443", f"{ARTIFACTS}:443:{UPSTREAM_IP}:443", f"{FOREIGN}:443:{UPSTREAM_IP}:443",
+            f"{API}:443:{UPSTREAM_IP}:443", f"{ARTIFACTS}:443:{UPSTREAM_IP}:443", f"{FOREIGN}:443:{UPSTREAM_IP}:443", f"{REGISTRY}:443:{UPSTREAM_IP}:443",
             f"s3.amazonaws.com:443:{UPSTREAM_IP}:443", "wrong.gretel.cloud:443:127.0.7.2:443",
             f"{API}:80:{UPSTREAM_IP}:80", f"ws.gretel.cloud:443:{WS_IP}:443", f"{FOREIGN}:7000:{ECHO[0]}:{ECHO[1]}", f"{FOREIGN}:9:{ECHO[0]}:9",
         ],
@@ -120,6 +122,26 @@ def test_curl_and_requests_one_event_per_request(proxy: RunningProxy) -> None:
     logins = _by_path(proxy.store, "/opt/containers/get_login", 4)
     assert len(logins) == 4
     assert all(e.decision is not None and e.decision.action == "allowed" for e in logins)
+
+
+def test_a_pull_from_a_registry_get_login_did_not_name(proxy: RunningProxy) -> None:
+    """Red flag 10: the registry named in a (gzip'd) get_login answer is recorded, its
+    password is not, and a pull from any other registry is a violation."""
+    with _client(proxy) as c:
+        assert c.get(f"https://{API}/opt/containers/get_login", params={"rf": "10"}).json()["data"]["registry"] == f"https://{REGISTRY}"
+        assert c.get(f"https://{REGISTRY}/v2/gretelai/models-tabular/manifests/v1").status_code == 200
+        assert c.head(f"https://{FOREIGN}/v2/gretelai/models-tabular/blobs/sha256:{'a' * 64}").status_code == 200
+        assert c.get(f"https://{FOREIGN}/v2-not-the-registry-api/x").status_code == 200
+    [login] = _wait_for(proxy.store, lambda e: e.http is not None and e.http.query == "rf=10")
+    assert login.http is not None and login.http.login_registry == REGISTRY
+    assert all(LOGIN_PASSWORD not in e.model_dump_json() for e in events_of(proxy.store))
+    [named] = _by_path(proxy.store, "/v2/gretelai/models-tabular/manifests/v1")
+    assert "registry-not-named" not in named.observations
+    [other] = _by_path(proxy.store, f"/v2/gretelai/models-tabular/blobs/sha256:{'a' * 64}")
+    assert "registry-not-named" in other.observations and f"get_login named {REGISTRY}" in other.notes
+    assert other.decision is not None and "obs.registry-not-named" in other.decision.rule_ids
+    [not_a_pull] = _by_path(proxy.store, "/v2-not-the-registry-api/x")
+    assert "registry-not-named" not in not_a_pull.observations
 
 
 def test_domain_fronting_is_observed(proxy: RunningProxy) -> None:

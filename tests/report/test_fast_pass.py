@@ -194,6 +194,7 @@ PER_EVENT = {
     "source.ip", "source.port", "source.namespace", "source.pod", "source.node", "source.workload",
     "http.query", "http.status", "http.request_bytes_wire", "http.request_bytes_decoded",
     "http.response_bytes_wire", "http.response_bytes_decoded", "http.duration_us",
+    "http.login_registry",  # what a get_login answer named: the sensors check pulls against it, the policy never reads it
     "flow.bytes_up", "flow.bytes_down", "flow.packets_up", "flow.packets_down", "flow.first_seen", "flow.last_seen",
     "payload.sha256", "payload.size",
 }
@@ -233,7 +234,7 @@ def test_every_field_is_in_the_profile_key_or_read_per_event() -> None:
                                 app_protocol="h2", tls=True),
         http=HttpInfo(method="POST", scheme="https", path="/p", query="q=1", status=200, request_bytes_wire=5,
                       request_bytes_decoded=6, response_bytes_wire=7, response_bytes_decoded=8, content_type="a/b",
-                      content_encoding="gzip", alpn="h2", duration_us=9),
+                      content_encoding="gzip", alpn="h2", duration_us=9, login_registry="r.example"),
         payload=PayloadInfo(sha256="a" * 64, size=5, labels=["pii"], metadata_kinds=["project"], inspected=True,
                             not_inspected_reason="r", route="POST /p",
                             findings=[DetectorFinding(detector="d", label="pii", field_path="f", offset=1, excerpt="e")]),

@@ -22,7 +22,7 @@ METADATA_KINDS = [
 OBSERVATIONS = [
     "direct-ip", "bypass", "sni-host-mismatch", "sni-dns-mismatch", "plaintext-http", "cert-name-mismatch",
     "tls-not-opened", "dns-tunnel", "dns-foreign-resolver", "doh", "dot", "quic", "icmp-payload", "inbound",
-    "malformed", "body-truncated", "client-disconnect", "port-mismatch",
+    "malformed", "body-truncated", "client-disconnect", "port-mismatch", "registry-not-named",
 ]
 LABELS = [
     "metadata", "training-data", "fingerprint-match", "canary", "model-artifact", "report-artifact", "credential",

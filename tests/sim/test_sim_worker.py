@@ -15,7 +15,7 @@ from auditor.errors import AuditorError
 from auditor.sim import SCENARIOS, Simulation, expectations, names, payloads, run_scenario
 from auditor.sim.worker import DEFAULT_CANARY, ScenarioResult
 
-VOCABULARY_OBSERVATIONS = {"direct-ip", "bypass", "sni-host-mismatch", "dns-tunnel"}
+VOCABULARY_OBSERVATIONS = {"direct-ip", "bypass", "sni-host-mismatch", "dns-tunnel", "registry-not-named"}
 VOCABULARY_LABELS = {"training-data", "fingerprint-match", "canary", "model-artifact", "plaintext-credentials"}
 
 
@@ -99,8 +99,8 @@ def test_clean_pulls_the_image_get_login_named(clean: tuple[ScenarioResult, list
 
 def test_leaky_declares_each_violation_once_in_the_shared_vocabulary() -> None:
     found = expectations("leaky")
-    assert len(found) == 8
-    assert len({e.violation for e in found}) == 8
+    assert len(found) == 9
+    assert len({e.violation for e in found}) == 9
     for e in found:
         assert set(e.observations) <= VOCABULARY_OBSERVATIONS and set(e.labels) <= VOCABULARY_LABELS
         assert e.observations or e.labels or e.destination
@@ -113,7 +113,7 @@ def test_leaky_sends_every_violation(leaky: tuple[ScenarioResult, list, list], s
     result, received, dns = leaky
     assert result.ok, [(s.id, s.error) for s in result.steps if not s.ok]
     sent = {s.id: s for s in result.injected}
-    assert len(sent) == 8 and all(s.error is None for s in sent.values())
+    assert len(sent) == 9 and all(s.error is None for s in sent.values())
 
     canary = [r for r in received if "ba-canary-0123456789abcdef01234567" in r.query]
     assert [(r.server, r.method) for r in canary] == [(names.API, "GET")]

@@ -1,0 +1,84 @@
+"""Red flag 10: image pulls from a registry other than the one `get_login` named.
+
+The agent asks api.gretel.cloud (`GET /opt/containers/get_login`) for registry
+credentials; the answer also names the registry host, and nodes pull the worker
+images from it. The proxy reads that name from the response (never the credentials
+beside it) and records it on the get_login event (`HttpInfo.login_registry`). A pull
+is then checked against the registries named so far: by the proxy for the pulls it
+carries (the distribution API's paths tell a pull), and by the probe for the TLS
+connections of nodes that pull around the proxy (the server name tells a registry).
+"""
+
+from __future__ import annotations
+
+import re
+
+import orjson
+
+from auditor.rules.hosts import normalise_host, split_host_port
+
+OBSERVATION = "registry-not-named"
+GET_LOGIN_PATH = "/opt/containers/get_login"
+MAX_LOGIN_BODY = 64 * 1024  # a get_login answer is a few hundred bytes; anything bigger is not read
+
+# The distribution API (OCI / Docker Registry v2): the version check, and manifests,
+# blobs and tags of a repository. Nothing else a host serves under /v2/ is a pull.
+_PULL_PATH = re.compile(r"^/v2(?:/?(?:[?#]|$)|/.+/(?:manifests|blobs|tags)/)")
+# Names only a container registry answers to: ECR (what Gretel uses) and the public ones.
+_REGISTRY_NAME = re.compile(
+    r"^(?:[0-9]{12}\.dkr\.ecr(?:-fips)?\.[a-z0-9-]+\.amazonaws\.com(?:\.cn)?"
+    r"|(?:registry-1\.)?docker\.io|index\.docker\.io|ghcr\.io|quay\.io|public\.ecr\.aws"
+    r"|(?:[a-z0-9-]+\.)?gcr\.io|[a-z0-9-]+-docker\.pkg\.dev|[a-z0-9-]+\.azurecr\.io|registry\.k8s\.io|nvcr\.io)$"
+)
+_HOSTNAME = re.compile(r"^(?=.{1,253}$)[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)+$")
+
+
+def registry_host(value: str) -> str | None:
+    """The host a registry reference names (`https://host:port/path`, `host/repo`,
+    `host`), normalised; None for anything that is not a host name."""
+    rest = value.strip().split("://", 1)[-1].split("/", 1)[0]
+    host, _ = split_host_port(rest)
+    host = normalise_host(host)
+    return host if _HOSTNAME.match(host) else None
+
+
+def login_registry(method: str, path: str, status: int | None, body: bytes | None) -> str | None:
+    """The registry host a successful get_login answer names, or None when this is not
+    one or it names none. Only `registry` (under `data`, or at the top) is read."""
+    if method != "GET" or status != 200 or not body or len(body) > MAX_LOGIN_BODY:
+        return None
+    if path.split("?", 1)[0].rstrip("/") != GET_LOGIN_PATH:
+        return None
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(doc, dict):
+        return None
+    data = doc.get("data")
+    named = data.get("registry") if isinstance(data, dict) else None
+    if named is None:
+        named = doc.get("registry")
+    return registry_host(named) if isinstance(named, str) else None
+
+
+def is_pull(method: str, path: str) -> bool:
+    """A request of the distribution API that reads an image (or checks the API version)."""
+    return method in ("GET", "HEAD") and bool(_PULL_PATH.match(path))
+
+
+def is_registry_name(host: str) -> bool:
+    """A server name only a container registry answers to: what the probe can tell of a
+    pull, without the path."""
+    return bool(_REGISTRY_NAME.match(normalise_host(host)))
+
+
+def unnamed(host: str | None, named: set[str] | dict[str, int]) -> bool:
+    """Once get_login has named at least one registry: `host` is not among them."""
+    if not named or not host:
+        return False
+    return registry_host(host) not in named
+
+
+def note(named: set[str] | dict[str, int]) -> str:
+    return "get_login named " + ", ".join(sorted(named)[:4])
