@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import queue
 import select
+import threading
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -98,6 +100,85 @@ class _Gunzip:
         self._raw.close()
 
 
+class _ReadAhead:
+    """The file's next chunks, read by a thread while the engine works on the current
+    one: the copy out of the page cache (and gzip's inflating) runs without the GIL,
+    on another core. The thread starts at the first read, so a process forked before
+    reading begins (the judging process) never inherits it. A read error reaches the
+    reader where it asked for bytes, as the error it would have had reading itself."""
+
+    def __init__(self, raw: BinaryIO | _Gunzip, depth: int = 2) -> None:
+        self._raw = raw
+        self._chunks: queue.Queue[bytes | BaseException] = queue.Queue(maxsize=depth)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._piece = b""  # the chunk being read, unread from `_pos` on
+        self._pos = 0
+        self._eof = False
+
+    def _fill(self) -> None:
+        try:
+            while not self._stop.is_set():
+                data = self._raw.read(CHUNK)
+                self._put(data)
+                if not data:
+                    return
+        except BaseException as exc:  # handed to the reader, who raises it where it reads
+            self._put(exc)
+
+    def _put(self, item: bytes | BaseException) -> None:
+        """Queue `item`, waiting for room unless the reader has closed."""
+        while not self._stop.is_set():
+            try:
+                self._chunks.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    def _next_piece(self) -> bool:
+        """Move on to the next chunk; False at the end of the file."""
+        if self._eof:
+            return False
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._fill, name="capture-read-ahead", daemon=True)
+            self._thread.start()
+        item = self._chunks.get()
+        if isinstance(item, BaseException):
+            self._eof = True
+            raise item
+        self._piece, self._pos = item, 0
+        self._eof = not item
+        return bool(item)
+
+    def chunk(self) -> tuple[bytes, int]:
+        """The unread rest of the current chunk, or the next one, with the offset its
+        unread bytes start at, uncopied; (b"", 0) at the end of the file."""
+        if self._pos >= len(self._piece) and not self._next_piece():
+            return b"", 0
+        piece, pos = self._piece, self._pos
+        self._pos = len(piece)
+        return piece, pos
+
+    def read(self, size: int) -> bytes:
+        """Exactly `size` bytes (fewer only at the end of the file)."""
+        parts: list[bytes] = []
+        need = size
+        while need > 0:
+            if self._pos >= len(self._piece) and not self._next_piece():
+                break
+            take = self._piece[self._pos : self._pos + need]
+            self._pos += len(take)
+            need -= len(take)
+            parts.append(take)
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        self._raw.close()
+
+
 def _open(path: Path) -> BinaryIO | _Gunzip:
     try:
         fh = path.open("rb")
@@ -119,7 +200,12 @@ class FileCapture:
         self.interface_drops = 0  # from pcapng interface statistics blocks
         self.packets = 0
         self._fh = _open(self.path)
-        head = self._fh.read(4)
+        self._src = _ReadAhead(self._fh)
+        try:
+            head = self._fh.read(4)
+        except OSError as exc:  # a gzip stream broken within its first megabyte
+            self._fh.close()
+            raise AuditorError(f"cannot read the capture: {exc}", file=str(self.path), fix="check the file; a damaged gzip stream cannot be read") from exc
         if len(head) < 4:
             self._fh.close()
             raise AuditorError("not a capture file: too short", file=str(self.path), fix="pass a pcap or pcapng file")
@@ -135,7 +221,7 @@ class FileCapture:
             )
 
     def close(self) -> None:
-        self._fh.close()
+        self._src.close()
 
     def _refill(self, buf: bytes, off: int, count: int) -> tuple[bytes, bool]:
         """pcapng: the unread tail of `buf` plus the next chunk."""
@@ -169,7 +255,7 @@ class FileCapture:
     def _pcap(self) -> Iterator[Records]:
         """Chunks as they are read, never copied: a record cut by the end of a chunk is
         completed with a read of its own and handed on alone, in its place."""
-        rest = self._fh.read(20)
+        rest = self._read(20, 0)
         if len(rest) < 20:
             self.problem = "pcap global header truncated"
             return
@@ -181,10 +267,9 @@ class FileCapture:
         limit = max(snaplen, MAX_RECORD)
         size_at = Struct(endian + "I").unpack_from
         count = 0
-        buf = self._read(CHUNK, count)
+        buf, off = self._chunk(count)
         while buf:
             n = len(buf)
-            off = 0
             offsets: list[int] = []
             append = offsets.append
             incl = 0
@@ -199,7 +284,7 @@ class FileCapture:
             for i in range(0, len(offsets), BLOCK_RECORDS):
                 yield Records(buf, offsets[i : i + BLOCK_RECORDS], linktype, nano, endian)
             if off == n:
-                buf = self._read(CHUNK, count)
+                buf, off = self._chunk(count)
                 continue
             cut = buf[off:]  # a record the chunk ends inside (or a corrupt one)
             del buf, offsets
@@ -218,7 +303,7 @@ class FileCapture:
                 break
             count += 1
             yield Records(cut, [0], linktype, nano, endian)
-            buf = self._read(CHUNK, count)
+            buf, off = self._chunk(count)
         self._gzip_cut()
         self.packets = count
 
@@ -226,10 +311,18 @@ class FileCapture:
         """Up to `size` bytes (fewer only at the end); a read error (a broken gzip stream)
         ends the file like a truncation, with `problem` saying so."""
         try:
-            return self._fh.read(size)
+            return self._src.read(size)
         except OSError as exc:
             self.problem = f"read error after {count} packets: {exc}"
             return b""
+
+    def _chunk(self, count: int) -> tuple[bytes, int]:
+        """`_ReadAhead.chunk`, a read error handled as `_read` does."""
+        try:
+            return self._src.chunk()
+        except OSError as exc:
+            self.problem = f"read error after {count} packets: {exc}"
+            return b"", 0
 
     def _pcapng(self) -> Iterator[Frame]:
         """Blocks read in chunks, so a capture of any size streams in bounded memory."""

@@ -5,9 +5,12 @@ a hypothesis-generated mix of flows, both must give the same events in the same 
 
 from __future__ import annotations
 
+import gzip
 import random
+import threading
 from pathlib import Path
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from scapy.layers.dns import DNS, DNSQR, DNSRR
@@ -16,6 +19,7 @@ from scapy.layers.inet6 import IPv6, IPv6ExtHdrDestOpt, IPv6ExtHdrHopByHop
 from scapy.layers.l2 import GRE, CookedLinux, CookedLinuxV2, Dot1Q, Ether
 from scapy.packet import Packet, Raw, raw
 
+from auditor.errors import AuditorError
 from auditor.model import EgressEvent
 from auditor.probe.capture import FileCapture
 from auditor.probe.engine import Probe, ProbeConfig, ProbeStats
@@ -408,3 +412,55 @@ def test_any_mix_of_flows_gives_the_same_events_on_both_paths(tmp_path: Path, mi
     path = build_mix(steps).write(tmp_path / "mix.pcap")
     assert_same(path, max_flows=max_flows)
     assert_same(path, max_flows=max_flows, proxies=["10.43.0.10:53"], cluster_dns=[DNS_SERVER])
+
+
+def _multi_chunk_pcap(path: Path, chunks: int) -> int:
+    """A pcap of about `chunks` read chunks of bulk segments with random payloads (so it
+    does not compress either); returns its record count."""
+    from struct import pack
+
+    from auditor.probe.capture import CHUNK
+
+    rng = random.Random(9)
+    head = raw(Ether() / IP(src=POD, dst=API_IP, len=1440) / TCP(sport=4000, dport=443, flags="A"))
+    size = len(head) + 1400
+    count = chunks * CHUNK // (16 + size)
+    out = bytearray(pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 1))
+    for i in range(count):
+        out += pack("<IIII", 1_700_000_000, i, size, size) + head + rng.randbytes(1400)
+    path.write_bytes(out)
+    return count
+
+
+def test_the_read_ahead_thread_starts_with_reading_and_ends_with_the_capture(tmp_path: Path) -> None:
+    path = tmp_path / "long.pcap"
+    _multi_chunk_pcap(path, 6)
+    cap = FileCapture(path)
+    ahead = lambda: [t for t in threading.enumerate() if t.name == "capture-read-ahead"]  # noqa: E731
+    assert ahead() == []  # nothing runs before the first read (a fork then inherits no thread)
+    next(cap.blocks())
+    [thread] = ahead()
+    cap.close()  # mid-file, with the thread waiting for room to queue the next chunk
+    assert not thread.is_alive()
+
+
+def test_a_gzip_stream_broken_chunks_in_keeps_every_record_before_the_break(tmp_path: Path) -> None:
+    plain = tmp_path / "long.pcap"
+    total = _multi_chunk_pcap(plain, 3)
+    packed = bytearray(gzip.compress(plain.read_bytes(), compresslevel=1))
+    middle = len(packed) // 2
+    packed[middle : middle + 64] = bytes(64)  # deflate data that no longer decodes (or no longer checks)
+    broken = tmp_path / "long.pcap.gz"
+    broken.write_bytes(packed)
+    with FileCapture(broken) as cap:
+        got = sum(len(b.offsets) for b in cap.blocks())
+    assert 0 < got < total
+    assert cap.problem is not None
+
+
+def test_a_gzip_stream_broken_before_the_capture_header_is_a_one_line_error(tmp_path: Path) -> None:
+    packed = bytearray(gzip.compress(b"\xd4\xc3\xb2\xa1" + bytes(100_000)))
+    packed[-8:-4] = b"\xff\xff\xff\xff"  # the stream's CRC: checked when its first (only) megabyte is read
+    (tmp_path / "bad.pcap.gz").write_bytes(packed)
+    with pytest.raises(AuditorError, match="cannot read the capture: corrupt gzip stream"):
+        FileCapture(tmp_path / "bad.pcap.gz")
