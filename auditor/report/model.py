@@ -222,6 +222,7 @@ class Contract(_Doc):
     metadata_kinds: list[MetadataKindLine]
     forbidden_classes: list[ForbiddenClassLine]
     inbound: InboundLine
+    login_registries: list[str] = Field(default_factory=list)  # what get_login answers named: pulls are checked against it
 
 
 class FindingEntry(_Doc):
@@ -434,6 +435,7 @@ class _Acc:
     endpoint_of: dict[tuple[str | None, str | None, str | None], str | None] = field(default_factory=dict)
     internal: dict[tuple[str | None, str], bool] = field(default_factory=dict)
     who: dict[tuple[str | None, str | None, str | None, str | None], str] = field(default_factory=dict)
+    login_registries: set[str] = field(default_factory=set)
 
 
 _ACTION_CODE = {"allowed": 0, "violation": 1, "unverified": 2}
@@ -883,6 +885,7 @@ class _Profile:
     unmatched: str
     rule_id: str | None  # what the destination's sample of rule ids gains from it
     samples: tuple[tuple[str, str | None, tuple[str, ...]], ...]  # (metadata kind, route, field paths) it offers
+    login_registry: str | None  # the registry a get_login answer named
     index: int = 0
     n: int = 0
     up: int = 0
@@ -903,6 +906,8 @@ def _take_samples(acc: _Acc, p: _Profile) -> None:
     dest = p.dest
     if p.rule_id is not None and dest is not None and len(dest.rule_ids) < 20:
         dest.rule_ids.add(p.rule_id)
+    if p.login_registry is not None and len(acc.login_registries) < MAX_SAMPLES:
+        acc.login_registries.add(p.login_registry)
     for kind_id, route, paths in p.samples:
         k = acc.kinds[kind_id]
         if route is not None and len(k.routes) < MAX_SAMPLES:
@@ -969,6 +974,7 @@ def _profile_of(acc: _Acc, event: EgressEvent, judging: _Judging) -> _Profile:
         unmatched=_clean(f"{dest.host or dest.sni or dest.ip}:{dest.port}", 200),
         rule_id=decision.rule_id if decision is not None and dest_acc is not None else None,
         samples=tuple(samples),
+        login_registry=_clean(event.http.login_registry, 253) if event.http is not None and event.http.login_registry else None,
     )
 
 
@@ -1152,7 +1158,7 @@ def _profile_key(e: _RawEvent) -> tuple[Any, ...]:
         src.ip if direction == "inbound" or (scope != "pod" and scope != "node") else None,
         None if h is None else (
             h.method, h.scheme, h.path, h.content_type, h.content_encoding, h.alpn,
-            p is None and bool(h.request_bytes_decoded or h.request_bytes_wire),
+            p is None and bool(h.request_bytes_decoded or h.request_bytes_wire), h.login_registry,
         ),
         None if f is None else (direction, f.tcp_state, f.resolved_name, f.cname_chain, f.first_seen is None),
         bytes(e.dns),
@@ -1984,7 +1990,7 @@ def _contract(
         inbound = InboundLine(status="unverified", count=0,
                               statement="Not verifiable: only the probe sees inbound connections, and there are no probe events.",
                               finding_ids=[], event_ids=[])
-    return Contract(endpoints=endpoints, metadata_kinds=kinds, forbidden_classes=classes, inbound=inbound)
+    return Contract(endpoints=endpoints, metadata_kinds=kinds, forbidden_classes=classes, inbound=inbound, login_registries=sorted(acc.login_registries))
 
 
 def _host_in(patterns: list[str], destination: str) -> bool:

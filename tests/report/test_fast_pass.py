@@ -82,6 +82,8 @@ def mixed_events(n: int, seed: int) -> list[EgressEvent]:
                     src=src, payload=payload, host=host, ip=rnd.choice([API_IP, "198.51.100.9", None]) or API_IP,
                     sensor=rnd.choice(["proxy-a", "proxy-b"]), size=rnd.choice([0, 42, 900]))
             e.http = e.http.model_copy(update={"query": f"uid=m_{i}&token=s3cret{i}"}) if e.http else None
+            if e.http is not None and i % 11 == 0:  # a get_login answer, naming one of two registries
+                e.http = e.http.model_copy(update={"path": "/opt/containers/get_login", "login_registry": f"r{i % 2}.dkr.example"})
             if rnd.random() < 0.2:
                 e.destination = e.destination.model_copy(update={"ip": None})
         elif choice < 7:
@@ -194,7 +196,6 @@ PER_EVENT = {
     "source.ip", "source.port", "source.namespace", "source.pod", "source.node", "source.workload",
     "http.query", "http.status", "http.request_bytes_wire", "http.request_bytes_decoded",
     "http.response_bytes_wire", "http.response_bytes_decoded", "http.duration_us",
-    "http.login_registry",  # what a get_login answer named: the sensors check pulls against it, the policy never reads it
     "flow.bytes_up", "flow.bytes_down", "flow.packets_up", "flow.packets_down", "flow.first_seen", "flow.last_seen",
     "payload.sha256", "payload.size",
 }

@@ -49,6 +49,21 @@ def test_clean_store_passes_with_every_contract_line(make_store, pack: Pack) -> 
     assert doc.identity.pack_digest == pack.digest
 
 
+def test_the_registry_get_login_named_is_stated_or_its_absence_is(make_store, pack: Pack) -> None:
+    from auditor.report.render_html import render_html
+
+    without = _report(make_store(clean_events()), pack)
+    assert without.contract.login_registries == []
+    assert "No get_login answer was recorded in this window" in render_html(without)
+    login = api(2, "GET", "/opt/containers/get_login")
+    assert login.http is not None
+    login.http.login_registry = "074762682575.dkr.ecr.us-west-2.amazonaws.com"
+    events = clean_events()
+    doc = _report(make_store([*events[:3], login, *events[3:]]), pack)
+    assert doc.contract.login_registries == ["074762682575.dkr.ecr.us-west-2.amazonaws.com"]
+    assert "get_login answers: <code>074762682575.dkr.ecr.us-west-2.amazonaws.com</code>" in render_html(doc)
+
+
 def test_violating_store_fails_and_names_the_leak(make_store, pack: Pack) -> None:
     doc = _report(make_store(leak_events()), pack)
     assert doc.verdict.status == "FAIL" and doc.verdict.exit_code == 1
