@@ -924,8 +924,11 @@ def _http_info(method: str, target: str) -> dict[str, str | None]:
     """Method, path and redacted query of a plaintext request (origin, absolute or authority form)."""
     if method == "CONNECT":
         return {"method": method, "scheme": None, "path": target}
-    if "://" in target:
-        parts = urlsplit(target)
+    try:
+        parts = urlsplit(target) if "://" in target else None
+    except ValueError:  # a hostile absolute form (`http://[x/`): read as a path
+        parts = None
+    if parts is not None:
         path, query = parts.path or "/", parts.query
     else:
         path, _, query = target.partition("?")

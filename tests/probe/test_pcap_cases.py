@@ -229,6 +229,13 @@ def test_plaintext_http_request_line_and_host_with_redacted_query(tmp_path: Path
     assert "s3cr3tvalue" not in flow.model_dump_json()
 
 
+def test_a_hostile_absolute_request_target_is_read_as_a_path(tmp_path: Path) -> None:
+    t = Trace()
+    t.tcp(POD, "52.1.2.9", 80, [b"GET http://[x/?q=1 HTTP/1.1\r\nHost: x\r\n\r\n"])  # urlsplit refuses this target
+    (flow,) = flows_to(run_trace(t, tmp_path), "52.1.2.9")
+    assert flow.http.method == "GET" and flow.http.path == "http://[x/"
+
+
 def test_truncated_pcap_keeps_what_came_before_and_records_the_damage(tmp_path: Path) -> None:
     t = Trace()
     t.dns(POD, DNS_SERVER, "api.gretel.cloud", [("api.gretel.cloud", "A", API_IP)])
