@@ -136,8 +136,8 @@ class _ReadAhead:
                 continue
 
     def _next_piece(self) -> bool:
-        """Move on to the next chunk; False at the end of the file."""
-        if self._eof:
+        """Move on to the next chunk; False at the end of the file (or once closed)."""
+        if self._eof or self._stop.is_set():
             return False
         if self._thread is None:
             self._thread = threading.Thread(target=self._fill, name="capture-read-ahead", daemon=True)

@@ -442,6 +442,7 @@ def test_the_read_ahead_thread_starts_with_reading_and_ends_with_the_capture(tmp
     [thread] = ahead()
     cap.close()  # mid-file, with the thread waiting for room to queue the next chunk
     assert not thread.is_alive()
+    assert list(cap.blocks()) == []  # reading a closed capture ends at once (it must not wait for a thread that is gone)
 
 
 def test_a_gzip_stream_broken_chunks_in_keeps_every_record_before_the_break(tmp_path: Path) -> None:
