@@ -15,7 +15,7 @@ import re
 
 import orjson
 
-from auditor.rules.hosts import normalise_host, split_host_port
+from auditor.rules.hosts import host_kind, normalise_host, split_host_port
 
 OBSERVATION = "registry-not-named"
 GET_LOGIN_PATH = "/opt/containers/get_login"
@@ -24,22 +24,22 @@ MAX_LOGIN_BODY = 64 * 1024  # a get_login answer is a few hundred bytes; anythin
 # The distribution API (OCI / Docker Registry v2): the version check, and manifests,
 # blobs and tags of a repository. Nothing else a host serves under /v2/ is a pull.
 _PULL_PATH = re.compile(r"^/v2(?:/?(?:[?#]|$)|/.+/(?:manifests|blobs|tags)/)")
-# Names only a container registry answers to: ECR (what Gretel uses) and the public ones.
+# Names only a container registry answers to: ECR (what Gretel uses, dual-stack too) and the public ones.
 _REGISTRY_NAME = re.compile(
-    r"^(?:[0-9]{12}\.dkr\.ecr(?:-fips)?\.[a-z0-9-]+\.amazonaws\.com(?:\.cn)?"
-    r"|(?:registry-1\.)?docker\.io|index\.docker\.io|ghcr\.io|quay\.io|public\.ecr\.aws"
+    r"^(?:[0-9]{12}\.dkr\.ecr(?:-fips)?\.[a-z0-9-]+\.amazonaws\.com(?:\.cn)?|[0-9]{12}\.dkr-ecr(?:-fips)?\.[a-z0-9-]+\.on\.aws"
+    r"|(?:registry-1\.)?docker\.io|index\.docker\.io|ghcr\.io|quay\.io|public\.ecr\.aws|mcr\.microsoft\.com|registry\.gitlab\.com"
     r"|(?:[a-z0-9-]+\.)?gcr\.io|[a-z0-9-]+-docker\.pkg\.dev|[a-z0-9-]+\.azurecr\.io|registry\.k8s\.io|nvcr\.io)$"
 )
 _HOSTNAME = re.compile(r"^(?=.{1,253}$)[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)+$")
 
 
 def registry_host(value: str) -> str | None:
-    """The host a registry reference names (`https://host:port/path`, `host/repo`,
-    `host`), normalised; None for anything that is not a host name."""
-    rest = value.strip().split("://", 1)[-1].split("/", 1)[0]
+    """The host a registry reference names (`https://user@host:port/path`, `host/repo`,
+    `[v6]:port`, `host`), normalised; None for anything that is not a host."""
+    rest = value.strip().split("://", 1)[-1].split("/", 1)[0].rsplit("@", 1)[-1]
     host, _ = split_host_port(rest)
     host = normalise_host(host)
-    return host if _HOSTNAME.match(host) else None
+    return host if _HOSTNAME.match(host) or host_kind(host) != "name" else None
 
 
 def login_registry(method: str, path: str, status: int | None, body: bytes | None) -> str | None:
@@ -68,9 +68,9 @@ def is_pull(method: str, path: str) -> bool:
 
 
 def is_registry_name(host: str) -> bool:
-    """A server name only a container registry answers to: what the probe can tell of a
-    pull, without the path."""
-    return bool(_REGISTRY_NAME.match(normalise_host(host)))
+    """A server name (a port allowed) only a container registry answers to: what the
+    probe can tell of a pull, without the path."""
+    return bool(_REGISTRY_NAME.match(normalise_host(split_host_port(host)[0])))
 
 
 def unnamed(host: str | None, named: set[str] | dict[str, int]) -> bool:

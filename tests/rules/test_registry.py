@@ -23,6 +23,9 @@ def _answer(doc: object) -> bytes:
         (f"{ECR.upper()}.", ECR),
         (f"{ECR}:443/gretelai", ECR),
         ("https://registry.example.com:5000/v2/", "registry.example.com"),
+        ("https://AWS@registry.example.com/", "registry.example.com"),
+        ("[2001:db8::1]:5000", "2001:db8::1"),
+        ("10.0.0.5:5000", "10.0.0.5"),
         ("", None),
         ("not a host", None),
         ("https://", None),
@@ -59,7 +62,8 @@ def test_a_pull_is_the_distribution_api_read_side() -> None:
 
 def test_registry_names_and_what_was_not_named() -> None:
     for name in (ECR, "123456789012.dkr.ecr.eu-central-1.amazonaws.com", "quay.io", "ghcr.io", "registry-1.docker.io",
-                 "us-docker.pkg.dev", "acme.azurecr.io", "eu.gcr.io", "REGISTRY.K8S.IO"):
+                 "us-docker.pkg.dev", "acme.azurecr.io", "eu.gcr.io", "REGISTRY.K8S.IO", "quay.io:443",
+                 "074762682575.dkr-ecr.us-west-2.on.aws", "mcr.microsoft.com", "registry.gitlab.com"):
         assert registry.is_registry_name(name), name
     for name in ("api.gretel.cloud", "s3.amazonaws.com", "dkr.ecr.us-west-2.amazonaws.com.evil.example", "quay.io.evil.example"):
         assert not registry.is_registry_name(name), name
