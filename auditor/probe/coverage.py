@@ -83,7 +83,7 @@ class ProxyIndex:
         if is_proxy_record(ev):
             t = timestamp_us(ev.time)
             self.record(ev.id, t, proxy_keys(ev))
-            named = ev.http.login_registry if ev.http is not None else None
+            named = ev.http.login_registry if ev.http is not None and ev.decision is not None and ev.decision.action == "allowed" else None
             if named and t < self.login_registries.get(named, t + 1):
                 self.login_registries[named] = t
 

@@ -26,7 +26,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import orjson
-from pydantic import TypeAdapter
+from pydantic import TypeAdapter, ValidationError
 
 from auditor.errors import AuditorError
 from auditor.model import Decision, EgressEvent, sensor_event
@@ -144,6 +144,27 @@ class JudgeProcess:
         self.written, self.dropped, self.peak_memory_mb = result["written"], result["dropped"], result["peak_memory_mb"]
 
 
+def _valid_events(blob: bytes) -> tuple[list[EgressEvent], int, str]:
+    """The events of a batch that did not validate as a whole, one document at a time:
+    (the valid ones, how many were not, the first reason). A bug in the reader costs
+    the documents it spoiled, never the rest of the run."""
+    try:
+        docs = orjson.loads(blob)
+    except orjson.JSONDecodeError as exc:
+        return [], 1, f"a batch of {len(blob)} bytes is not JSON ({exc})"
+    if not isinstance(docs, list):
+        return [], 1, "a batch is not a list of events"
+    events: list[EgressEvent] = []
+    why = ""
+    for doc in docs:
+        try:
+            events.append(EgressEvent.model_validate(doc))
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            why = why or f"{'.'.join(map(str, err['loc'])) or 'the event'}: {err['msg']}"
+    return events, len(docs) - len(events), why
+
+
 def _serve(fd: int, store_url: str, sensor_id: str, pack: Pack | None, evaluate: Judge | None, counts: mmap.mmap) -> dict[str, Any]:
     """The child's loop: read a batch, judge it, append it. The events of a failed append
     are counted (`dropped`) and chained as one drop record with the next batch, as
@@ -156,7 +177,13 @@ def _serve(fd: int, store_url: str, sensor_id: str, pack: Pack | None, evaluate:
     try:
         with os.fdopen(fd, "rb") as pipe:
             while head := pipe.read(_HEAD.size):
-                events = _EVENTS.validate_json(pipe.read(_HEAD.unpack(head)[0]))
+                blob = pipe.read(_HEAD.unpack(head)[0])
+                try:
+                    events = _EVENTS.validate_json(blob)
+                except ValidationError:  # keep every document that is an event
+                    events, bad, why = _valid_events(blob)
+                    dropped += bad
+                    events.append(sensor_event(sensor_id, "error", dropped=bad, detail=f"{bad} events not stored: {why}"))
                 if evaluate is not None and pack is not None:
                     for ev in events:
                         if ev.kind != "sensor":

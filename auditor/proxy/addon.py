@@ -533,15 +533,17 @@ class AuditorAddon:
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         resp = flow.response
+        # a get_login answer of unknown length (chunked, HTTP/2) streams too: its head is kept for the registry it names
+        keep = registry.MAX_LOGIN_BODY if flow.request.path.startswith(registry.GET_LOGIN_PATH) else 0
         if resp is None or resp.stream:
             if resp is not None and resp.stream is True:
-                counter = CountedBody()
+                counter = CountedBody(keep)
                 resp.stream = counter
                 flow.metadata["auditor_response_stream"] = counter
             return
         length = _content_length(resp)
         if length is None or length > self.cap:
-            counter = CountedBody()
+            counter = CountedBody(keep)
             resp.stream = counter
             flow.metadata["auditor_response_stream"] = counter
 
@@ -677,7 +679,7 @@ class AuditorAddon:
             if flow.websocket is not None:
                 event.destination.app_protocol = "websocket"
             named = self._login_registry(flow)
-            if named is not None:
+            if named is not None and event.decision is not None and event.decision.action == "allowed":  # only the contract's API names it
                 event.http.login_registry = named
                 self.login_registries[named] = time.time()
         for obs in self._cert_observations(flow.server_conn, event.destination.sni):
@@ -714,6 +716,9 @@ class AuditorAddon:
         the answer's size cap, and only the registry's name is kept."""
         req, resp = flow.request, flow.response
         raw = resp.raw_content if resp is not None else None
+        counter: CountedBody | None = flow.metadata.get("auditor_response_stream")
+        if raw is None and counter is not None and counter.size <= registry.MAX_LOGIN_BODY:
+            raw = bytes(counter.head)  # streamed for want of a length, and whole within the cap
         if resp is None or raw is None or req.method != "GET" or not req.path.startswith(registry.GET_LOGIN_PATH):
             return None
         try:
@@ -889,10 +894,19 @@ class AuditorAddon:
             event.payload = PayloadInfo(size=event.flow.bytes_up if event.flow else 0, inspected=False, not_inspected_reason="raw-tcp")
         for o in checks.direct_ip([d.host, d.sni]) + checks.fronting(d.host, d.sni, None):
             _add(event.observations, o)
+        self._tunnel_registry_check(event)
         if flow.error:
             event.notes.append(f"error: {flow.error.msg}")
         event.decision = self._judge(event)
         self._emit(event)
+
+    def _tunnel_registry_check(self, event: EgressEvent) -> None:
+        """Red flag 10 for a tunnel the proxy could not open (passthrough, a client that
+        rejects its CA: containerd often does): the name is all there is, as for the probe."""
+        name = event.destination.sni or event.destination.host
+        if self.login_registries and name and registry.is_registry_name(name) and registry.unnamed(name, self.login_registries):
+            _add(event.observations, registry.OBSERVATION)
+            event.notes.append(registry.note(self.login_registries))
 
     def tls_failed_client(self, data: tls.TlsData) -> None:
         """The client would not finish TLS with our certificate: a pinned client or one that rejects our CA."""
@@ -915,6 +929,7 @@ class AuditorAddon:
         event.notes.append(f"client rejected the proxy's certificate: {conn.error or 'handshake failed'}")
         for o in checks.direct_ip([d.host, d.sni]) + checks.fronting(d.host, d.sni, None):
             _add(event.observations, o)
+        self._tunnel_registry_check(event)
         event.decision = self._judge(event)
         if conn.sni and self.mode == "audit" and self.learn_passthrough:
             self.learned_passthrough.add(conn.sni.lower().rstrip("."))

@@ -166,14 +166,19 @@ class StreamedBody:
 
 
 class CountedBody:
-    """The `flow.response.stream` callable for large responses: counted and hashed, never held."""
+    """The `flow.response.stream` callable for large responses: counted and hashed, never
+    held, except for its first `keep` bytes (`head`) when a reader wants those."""
 
-    def __init__(self) -> None:
+    def __init__(self, keep: int = 0) -> None:
         self.sha = hashlib.sha256()
         self.size = 0
+        self.keep = keep
+        self.head = bytearray()
 
     def __call__(self, chunk: bytes) -> bytes:
         if chunk:
             self.sha.update(chunk)
             self.size += len(chunk)
+            if len(self.head) < self.keep:
+                self.head += chunk[: self.keep - len(self.head)]
         return chunk

@@ -974,7 +974,7 @@ def _profile_of(acc: _Acc, event: EgressEvent, judging: _Judging) -> _Profile:
         unmatched=_clean(f"{dest.host or dest.sni or dest.ip}:{dest.port}", 200),
         rule_id=decision.rule_id if decision is not None and dest_acc is not None else None,
         samples=tuple(samples),
-        login_registry=_clean(event.http.login_registry, 253) if event.http is not None and event.http.login_registry else None,
+        login_registry=_clean(event.http.login_registry, 253) if action == "allowed" and event.http is not None and event.http.login_registry else None,
     )
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from pathlib import Path
 
-from auditor.model import Destination, EgressEvent, HttpInfo
+from auditor.model import Decision, Destination, EgressEvent, HttpInfo
 from auditor.probe.coverage import proxy_coverage
 from auditor.probe.engine import ProbeConfig
 from auditor.probe.runner import run_pcap
@@ -79,8 +79,12 @@ def test_node_pulls_around_the_proxy_are_checked_against_the_registry_get_login_
     login = _proxy_event("34.1.2.3", "api.gretel.cloud", T0 + 0.001)
     assert login.http is not None
     login.http.path, login.http.login_registry = "/opt/containers/get_login", named
+    login.decision = Decision(action="allowed", rule_id="allow.gretel-api")
+    stray = login.model_copy(deep=True, update={"id": "stray-login", "decision": Decision(action="violation", rule_id="egress.host-not-allowed")})
+    assert stray.http is not None
+    stray.http.login_registry = other  # an answer the policy did not allow names nothing
     st = open_store(store_url)
-    st.append([login])
+    st.append([login, stray])
     st.close()
     t = Trace(t0=T0 - 100)
     t.tcp(node, "52.10.0.9", 443, [client_hello(other)])  # before any get_login answer: nothing to check against

@@ -5,6 +5,8 @@ in the same order, with the same decisions (ids and wall-clock times aside)."""
 from __future__ import annotations
 
 import json
+import os
+import signal
 import sqlite3
 import threading
 from pathlib import Path
@@ -127,8 +129,24 @@ def test_a_failed_append_is_counted_and_chained_as_a_drop(tmp_path: Path, pack: 
     assert docs[1]["sensor"]["lifecycle"] == "drop" and docs[1]["sensor"]["dropped"] == 2
 
 
+def test_documents_that_are_not_events_are_counted_and_chained_and_the_rest_stored(tmp_path: Path, pack: Pack) -> None:
+    url = str(tmp_path / "bad.db")
+    judge = JudgeProcess(url, "probe", pack)
+    flow = EgressEvent(sensor_id="probe", kind="flow").model_dump()
+    judge.send([flow, {"sensor_id": "probe", "kind": "flow", "colour": "red"}, flow | {"id": "second"}])  # one spoiled document
+    judge._pipe.write(b"\x05\x00\x00\x00\x00\x00\x00\x00[1,2}")  # a batch that is not even JSON
+    judge.send([EgressEvent(sensor_id="probe", kind="tls").model_dump()])
+    judge.close()
+    docs = [r[3] for r in records(url)]
+    assert [d["kind"] for d in docs] == ["flow", "flow", "sensor", "sensor", "tls"]
+    first, second = docs[2]["sensor"], docs[3]["sensor"]
+    assert first["lifecycle"] == "error" and first["dropped"] == 1 and "colour" in first["detail"]
+    assert second["lifecycle"] == "error" and "not JSON" in second["detail"]
+    assert judge.dropped == 2
+
+
 def test_a_failing_child_is_an_error_in_the_parent(tmp_path: Path, pack: Pack) -> None:
-    judge = JudgeProcess(str(tmp_path / "bad.db"), "probe", pack)
-    judge._pipe.write(b"\x05\x00\x00\x00\x00\x00\x00\x00[1,2]")  # a batch that is not events
+    judge = JudgeProcess(str(tmp_path / "gone.db"), "probe", pack)
+    os.kill(judge._pid, signal.SIGKILL)
     with pytest.raises(AuditorError, match="judging and storing the events failed"):
         judge.close()

@@ -24,9 +24,10 @@ API = "api.gretel.cloud"
 ARTIFACTS = "artifacts.gretel.cloud"
 FOREIGN = "collector.example.net"
 REGISTRY = "074762682575.dkr.ecr.us-west-2.amazonaws.com"
+OTHER_REGISTRY = "123456789012.dkr.ecr.us-west-2.amazonaws.com"  # an ECR registry no get_login answer names
 UPSTREAM_IP = "127.0.7.1"  # port 443 like the real endpoints, so the pack's port rules hold
 WRONG_CERT_IP = "127.0.7.2"
-NAMES = [API, ARTIFACTS, FOREIGN, REGISTRY, "s3.amazonaws.com"]
+NAMES = [API, ARTIFACTS, FOREIGN, REGISTRY, OTHER_REGISTRY, "s3.amazonaws.com"]
 LOGIN_PASSWORD = "ecr-password-never-recorded"  # what the get_login answer carries beside the registry
 
 
@@ -87,6 +88,14 @@ def _handler(upstream: Upstream) -> type[BaseHTTPRequestHandler]:
             self.send_header("content-type", "application/json")
             if encoding:
                 self.send_header("content-encoding", encoding)
+            if "chunked" in self.path:  # no length up front, as many API servers answer
+                self.send_header("transfer-encoding", "chunked")
+                self.end_headers()
+                if self.command != "HEAD":
+                    for piece in (payload[: len(payload) // 2], payload[len(payload) // 2 :]):
+                        self.wfile.write(b"%x\r\n%b\r\n" % (len(piece), piece))
+                    self.wfile.write(b"0\r\n\r\n")
+                return
             self.send_header("content-length", str(len(payload)))
             self.end_headers()
             if self.command != "HEAD":

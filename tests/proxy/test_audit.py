@@ -26,6 +26,7 @@ from .conftest import (
     ARTIFACTS,
     FOREIGN,
     LOGIN_PASSWORD,
+    OTHER_REGISTRY,
     REGISTRY,
     UPSTREAM_IP,
     RunningProxy,
@@ -53,7 +54,7 @@ def proxy(tmp_path_factory: pytest.TempPathFactory, test_ca: ThrowawayCA, proxy_
         inspect_cap=CAP,
         passthrough=["s3.amazonaws.com"],
         connect_to=[
-            f"{API}:443:{UPSTREAM_IP}:443", f"{ARTIFACTS}:443:{UPSTREAM_IP}:443", f"{FOREIGN}:443:{UPSTREAM_IP}:443", f"{REGISTRY}:443:{UPSTREAM_IP}:443",
+            f"{API}:443:{UPSTREAM_IP}:443", f"{ARTIFACTS}:443:{UPSTREAM_IP}:443", f"{FOREIGN}:443:{UPSTREAM_IP}:443", f"{REGISTRY}:443:{UPSTREAM_IP}:443", f"{OTHER_REGISTRY}:443:{UPSTREAM_IP}:443",
             f"s3.amazonaws.com:443:{UPSTREAM_IP}:443", "wrong.gretel.cloud:443:127.0.7.2:443",
             f"{API}:80:{UPSTREAM_IP}:80", f"ws.gretel.cloud:443:{WS_IP}:443", f"{FOREIGN}:7000:{ECHO[0]}:{ECHO[1]}", f"{FOREIGN}:9:{ECHO[0]}:9",
         ],
@@ -142,6 +143,23 @@ def test_a_pull_from_a_registry_get_login_did_not_name(proxy: RunningProxy) -> N
     assert other.decision is not None and "obs.registry-not-named" in other.decision.rule_ids
     [not_a_pull] = _by_path(proxy.store, "/v2-not-the-registry-api/x")
     assert "registry-not-named" not in not_a_pull.observations
+
+
+def test_only_the_contracts_api_names_the_registry_and_unopened_pulls_are_checked_by_name(proxy: RunningProxy, test_ca: ThrowawayCA) -> None:
+    with _client(proxy) as c:
+        assert c.get(f"https://{FOREIGN}/opt/containers/get_login", params={"rf": "foreign"}).status_code == 200
+        assert c.get(f"https://{API}/opt/containers/get_login", params={"rf": "chunked"}).status_code == 200
+    [foreign] = _wait_for(proxy.store, lambda e: e.http is not None and e.http.query == "rf=foreign")
+    assert foreign.http is not None and foreign.http.login_registry is None  # a host outside the contract names nothing
+    [chunked] = _wait_for(proxy.store, lambda e: e.http is not None and e.http.query == "rf=chunked")
+    assert chunked.http is not None and chunked.http.login_registry == REGISTRY  # no Content-Length: streamed, its head kept
+    # a node runtime that does not trust the audit CA (containerd often does not): the tunnel is judged by its name
+    with httpx.Client(proxy=proxy.url, verify=ssl.create_default_context(cafile=str(test_ca.cert_path)), trust_env=False, timeout=10) as c:
+        with pytest.raises(httpx.ConnectError):
+            c.get(f"https://{OTHER_REGISTRY}/v2/")
+    [unopened] = _wait_for(proxy.store, lambda e: e.kind == "tls" and e.destination.sni == OTHER_REGISTRY)
+    assert {"tls-not-opened", "registry-not-named"} <= set(unopened.observations)
+    assert unopened.decision is not None and "obs.registry-not-named" in unopened.decision.rule_ids
 
 
 def test_domain_fronting_is_observed(proxy: RunningProxy) -> None:
