@@ -84,8 +84,13 @@ class ProxyIndex:
             t = timestamp_us(ev.time)
             self.record(ev.id, t, proxy_keys(ev))
             named = ev.http.login_registry if ev.http is not None and ev.decision is not None and ev.decision.action == "allowed" else None
-            if named and t < self.login_registries.get(named, t + 1):
-                self.login_registries[named] = t
+            if named:
+                self.name_registry(named, t)
+
+    def name_registry(self, host: str, t: int) -> None:
+        """A get_login answer at `timestamp_us` time `t` named `host`."""
+        if t < self.login_registries.get(host, t + 1):
+            self.login_registries[host] = t
 
     def record(self, event_id: str, t: int, keys: tuple[ProxyKey, ...]) -> None:
         """One proxy record by its id, `timestamp_us` time and `proxy_keys`."""

@@ -28,10 +28,11 @@ from rich.table import Table
 from auditor.errors import AuditorError
 from auditor.model import Decision, EgressEvent, sensor_event
 from auditor.probe.capture import DEFAULT_BPF, CaptureStats, FileCapture, LiveCapture
-from auditor.probe.coverage import ProxyIndex, mark_bypass, mark_unnamed_registries
+from auditor.probe.coverage import ProxyIndex, mark_bypass, mark_unnamed_registries, timestamp_us
 from auditor.probe.engine import EventDoc, Probe, ProbeConfig, ProbeStats, when
 from auditor.probe.flows import Networks
 from auditor.probe.judge import JudgeProcess, peak_memory_mb
+from auditor.rules import registry
 from auditor.store.base import Store, open_store
 from auditor.store.writer import BatchWriter
 
@@ -216,6 +217,8 @@ class _Session:
         lo = min(e.flow.first_seen for e in flows if e.flow and e.flow.first_seen) - pad
         hi = max(e.flow.last_seen for e in flows if e.flow and e.flow.last_seen) + pad
         if self._index_cursor is None or self._index_from is None:
+            for host, at in registry.named_in(self.reader.event_bodies(lo - registry.LOOKBACK, lo)).items():
+                self.index.name_registry(host, timestamp_us(at))  # the answer in force before the first flow
             self.index.load(self.reader, lo, None)
             self._index_from = lo
         else:

@@ -20,6 +20,7 @@ import logging
 import socket
 import time
 from collections import deque
+from datetime import UTC, datetime
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -301,6 +302,11 @@ class AuditorAddon:
             store = open_store(url)
         except Exception as exc:
             raise exceptions.OptionsError(f"cannot open store {url!r}: {exc}") from None
+        try:  # the registry in force when this proxy (re)starts between two get_login answers
+            for host, at in registry.named_in(store.event_bodies(datetime.now(UTC) - registry.LOOKBACK)).items():
+                self.login_registries.setdefault(host, at.timestamp())
+        except Exception as exc:  # an unreadable store still takes writes; the next answer names the registry
+            log.warning("auditor: could not read earlier get_login answers: %s", exc)
         self.writer = BatchWriter(store, sensor_id, max_queue=queue, on_error=lambda e: log.error("store write failed: %s", e))
         self._store_url = url
         self._sensor_id = sensor_id

@@ -12,6 +12,8 @@ connections of nodes that pull around the proxy (the server name tells a registr
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
+from datetime import datetime, timedelta
 
 import orjson
 
@@ -20,6 +22,8 @@ from auditor.rules.hosts import host_kind, normalise_host, split_host_port
 OBSERVATION = "registry-not-named"
 GET_LOGIN_PATH = "/opt/containers/get_login"
 MAX_LOGIN_BODY = 64 * 1024  # a get_login answer is a few hundred bytes; anything bigger is not read
+LOOKBACK = timedelta(hours=2)  # the agent asks hourly: the answer in force was recorded within two hours
+_FIELD = b'"login_registry":"'  # as canonical JSON stores it: a body without it is not parsed
 
 # The distribution API (OCI / Docker Registry v2): the version check, and manifests,
 # blobs and tags of a repository. Nothing else a host serves under /v2/ is a pull.
@@ -82,3 +86,23 @@ def unnamed(host: str | None, named: set[str] | dict[str, int]) -> bool:
 
 def note(named: set[str] | dict[str, int]) -> str:
     return "get_login named " + ", ".join(sorted(named)[:4])
+
+
+def named_in(bodies: Iterable[bytes]) -> dict[str, datetime]:
+    """The registries that allowed get_login answers named, read from stored event
+    bodies (`Store.event_bodies`): host -> when first named. How a sensor that starts
+    (or restarts) between two answers knows the one in force."""
+    out: dict[str, datetime] = {}
+    for body in bodies:
+        if _FIELD not in body:
+            continue
+        try:
+            doc = orjson.loads(body)
+            http, decision = doc.get("http") or {}, doc.get("decision") or {}
+            host = registry_host(http["login_registry"]) if doc.get("kind") == "http" and decision.get("action") == "allowed" else None
+            at = datetime.fromisoformat(doc["time"])
+        except (orjson.JSONDecodeError, AttributeError, KeyError, TypeError, ValueError):
+            continue  # not an event this sensor wrote: nothing it can trust
+        if host is not None and (host not in out or at < out[host]):
+            out[host] = at
+    return out

@@ -104,3 +104,25 @@ def test_node_pulls_around_the_proxy_are_checked_against_the_registry_get_login_
     [pull] = [e for e in flows if e.destination.ip == "52.10.0.2"]
     assert f"get_login named {named}" in pull.notes
     assert pull.decision is not None and "obs.registry-not-named" in pull.decision.rule_ids
+
+
+def test_the_answer_in_force_before_the_capture_began_is_found_in_the_store(tmp_path: Path) -> None:
+    """The agent asks hourly: a probe whose first flow comes twenty minutes after the last
+    answer still judges pulls against it."""
+    named, other = "074762682575.dkr.ecr.us-west-2.amazonaws.com", "123456789012.dkr.ecr.us-west-2.amazonaws.com"
+    store_url = str(tmp_path / "ev.db")
+    login = _proxy_event("34.1.2.3", "api.gretel.cloud", T0)
+    assert login.http is not None
+    login.http.path, login.http.login_registry = "/opt/containers/get_login", named
+    login.decision = Decision(action="allowed", rule_id="allow.gretel-api")
+    st = open_store(store_url)
+    st.append([login])
+    st.close()
+    t = Trace(t0=T0 + 1200)
+    t.tcp("192.168.10.7", "52.10.0.2", 443, [client_hello(other)])
+    cfg = ProbeConfig(proxies=["10.43.12.7:3128"], cluster_cidrs=["10.42.0.0/16", "10.43.0.0/16", "192.168.10.0/24"])
+    run_pcap(t.write(tmp_path / "later.pcap"), store_url, config=cfg, pack=load_pack())
+    st = open_store(store_url, create=False)
+    [pull] = [e for e in st.events() if e.sensor_id == "probe" and e.kind == "flow"]
+    st.close()
+    assert "registry-not-named" in pull.observations

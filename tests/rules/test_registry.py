@@ -71,3 +71,22 @@ def test_registry_names_and_what_was_not_named() -> None:
     assert not registry.unnamed(f"{ECR.upper()}:443", {ECR})
     assert registry.unnamed("quay.io", {ECR})
     assert registry.note({ECR, "b.example"}) == f"get_login named {ECR}, b.example"
+
+
+def test_the_registries_named_in_stored_bodies() -> None:
+    from datetime import UTC, datetime
+
+    def body(host: str | None, at: str, action: str = "allowed", kind: str = "http") -> bytes:
+        http = {"method": "GET", "path": registry.GET_LOGIN_PATH, "login_registry": host}
+        return json.dumps({"kind": kind, "time": at, "http": http, "decision": {"action": action}}, separators=(",", ":")).encode()
+
+    bodies = [
+        body(ECR, "2026-11-26T10:00:00Z"),
+        body(ECR, "2026-11-26T09:00:00Z"),  # the earlier answer counts
+        body("https://quay.io/", "2026-11-26T09:30:00Z", action="violation"),  # not the contract's API: names nothing
+        body("other.example", "2026-11-26T09:30:00Z", kind="tls"),
+        b'{"kind":"http","login_registry":"x", not json',
+        b'{"kind":"http","time":"2026-11-26T09:00:00Z","login_registry":"not under http"}',
+        json.dumps({"kind": "http", "http": {"method": "GET"}}).encode(),  # no field: skipped unread
+    ]
+    assert registry.named_in(bodies) == {ECR: datetime(2026, 11, 26, 9, tzinfo=UTC)}
