@@ -540,7 +540,7 @@ class AuditorAddon:
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         resp = flow.response
         # a get_login answer of unknown length (chunked, HTTP/2) streams too: its head is kept for the registry it names
-        keep = registry.MAX_LOGIN_BODY if flow.request.path.startswith(registry.GET_LOGIN_PATH) else 0
+        keep = registry.MAX_LOGIN_BODY if registry.is_get_login(flow.request.method, flow.request.path) else 0
         if resp is None or resp.stream:
             if resp is not None and resp.stream is True:
                 counter = CountedBody(keep)
@@ -725,7 +725,7 @@ class AuditorAddon:
         counter: CountedBody | None = flow.metadata.get("auditor_response_stream")
         if raw is None and counter is not None and counter.size <= registry.MAX_LOGIN_BODY:
             raw = bytes(counter.head)  # streamed for want of a length, and whole within the cap
-        if resp is None or raw is None or req.method != "GET" or not req.path.startswith(registry.GET_LOGIN_PATH):
+        if resp is None or raw is None or not registry.is_get_login(req.method, req.path):
             return None
         try:
             body = decode_content(raw, resp.headers.get("content-encoding"), Budget(Limits(max_decoded_bytes=registry.MAX_LOGIN_BODY)))
@@ -782,9 +782,8 @@ class AuditorAddon:
         for o in self._name_checks(target, dest.sni, dest.http_host, flow.request.host, flow.request.port, dest.host, bool(dest.tls)):
             _add(event.observations, o)
         req = flow.request
-        if self.login_registries and registry.is_pull(req.method, req.path) and registry.unnamed(req.pretty_host, self.login_registries):
-            _add(event.observations, registry.OBSERVATION)
-            event.notes.append(registry.note(self.login_registries))
+        if self.login_registries and registry.is_pull(req.method, req.path):
+            self._registry_check(event, req.pretty_host)
         return event
 
     def _name_checks(
@@ -910,7 +909,12 @@ class AuditorAddon:
         """Red flag 10 for a tunnel the proxy could not open (passthrough, a client that
         rejects its CA: containerd often does): the name is all there is, as for the probe."""
         name = event.destination.sni or event.destination.host
-        if self.login_registries and name and registry.is_registry_name(name) and registry.unnamed(name, self.login_registries):
+        if name and registry.is_registry_name(name):
+            self._registry_check(event, name)
+
+    def _registry_check(self, event: EgressEvent, host: str) -> None:
+        """A pull from `host`: `registry-not-named` once get_login has named other registries."""
+        if registry.unnamed(host, self.login_registries):
             _add(event.observations, registry.OBSERVATION)
             event.notes.append(registry.note(self.login_registries))
 

@@ -12,7 +12,7 @@ connections of nodes that pull around the proxy (the server name tells a registr
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from datetime import datetime, timedelta
 
 import orjson
@@ -46,12 +46,15 @@ def registry_host(value: str) -> str | None:
     return host if _HOSTNAME.match(host) or host_kind(host) != "name" else None
 
 
+def is_get_login(method: str, path: str) -> bool:
+    """The agent's request for registry credentials (a query or trailing slash aside)."""
+    return method == "GET" and path.split("?", 1)[0].rstrip("/") == GET_LOGIN_PATH
+
+
 def login_registry(method: str, path: str, status: int | None, body: bytes | None) -> str | None:
     """The registry host a successful get_login answer names, or None when this is not
     one or it names none. Only `registry` (under `data`, or at the top) is read."""
-    if method != "GET" or status != 200 or not body or len(body) > MAX_LOGIN_BODY:
-        return None
-    if path.split("?", 1)[0].rstrip("/") != GET_LOGIN_PATH:
+    if not is_get_login(method, path) or status != 200 or not body or len(body) > MAX_LOGIN_BODY:
         return None
     try:
         doc = orjson.loads(body)
@@ -77,14 +80,14 @@ def is_registry_name(host: str) -> bool:
     return bool(_REGISTRY_NAME.match(normalise_host(split_host_port(host)[0])))
 
 
-def unnamed(host: str | None, named: set[str] | dict[str, int]) -> bool:
+def unnamed(host: str | None, named: Collection[str]) -> bool:
     """Once get_login has named at least one registry: `host` is not among them."""
     if not named or not host:
         return False
     return registry_host(host) not in named
 
 
-def note(named: set[str] | dict[str, int]) -> str:
+def note(named: Collection[str]) -> str:
     return "get_login named " + ", ".join(sorted(named)[:4])
 
 
