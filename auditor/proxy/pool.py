@@ -173,7 +173,7 @@ class ClassifyPool:
         except BlockingIOError:
             if not worker.writing and worker.loop is not None:
                 worker.writing = True
-                worker.loop.add_writer(worker.sock, self._writable, worker)
+                worker.loop.add_writer(worker.sock, self._write, worker)
             return
         except OSError as exc:
             self._lost(worker, f"classifier process unreachable: {exc}")
@@ -181,9 +181,6 @@ class ClassifyPool:
         if worker.writing and worker.loop is not None:
             worker.writing = False
             worker.loop.remove_writer(worker.sock)
-
-    def _writable(self, worker: _Worker) -> None:
-        self._write(worker)
 
     def _readable(self, worker: _Worker) -> None:
         try:
