@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import bisect
 from collections import defaultdict
+from collections.abc import Hashable
 from datetime import datetime, timedelta
 
 from pydantic import BaseModel, Field
@@ -22,6 +23,7 @@ from auditor.store.base import Store
 PROXY_PREFIX = "proxy"
 PROBE_PREFIX = "probe"
 MAX_LISTED = 100
+TAIL_BATCH = 10_000
 
 
 ProxyKey = tuple[bool, tuple[str, int]]  # (by address?, (address or name, port))
@@ -75,14 +77,15 @@ class ProxyIndex:
     def __init__(self) -> None:
         self._by_addr: dict[tuple[str, int], list[int]] = defaultdict(list)
         self._by_name: dict[tuple[str, int], list[int]] = defaultdict(list)
-        self._seen: dict[str, int] = {}  # event id -> time, so overlapping reads count once
+        self._seen: dict[Hashable, int] = {}  # record -> time, so overlapping reads count once
         self.events = 0
         self.login_registries: dict[str, int] = {}  # registry host a get_login answer named -> first time; never pruned
 
-    def add(self, ev: EgressEvent) -> None:
+    def add(self, ev: EgressEvent, key: Hashable) -> None:
+        """One stored event under `key`, what tells it from every other: (sensor, seq)."""
         if is_proxy_record(ev):
             t = timestamp_us(ev.time)
-            self.record(ev.id, t, proxy_keys(ev))
+            self.record(key, t, proxy_keys(ev))
             named = ev.http.login_registry if ev.http is not None and ev.decision is not None and ev.decision.action == "allowed" else None
             if named:
                 self.name_registry(named, t)
@@ -92,11 +95,12 @@ class ProxyIndex:
         if t < self.login_registries.get(host, t + 1):
             self.login_registries[host] = t
 
-    def record(self, event_id: str, t: int, keys: tuple[ProxyKey, ...]) -> None:
-        """One proxy record by its id, `timestamp_us` time and `proxy_keys`."""
-        if event_id in self._seen:
+    def record(self, key: Hashable, t: int, keys: tuple[ProxyKey, ...]) -> None:
+        """One proxy record by what tells it apart (its id, or its sensor and seq), its
+        `timestamp_us` time and its `proxy_keys`; a record seen before counts once."""
+        if key in self._seen:
             return
-        self._seen[event_id] = t
+        self._seen[key] = t
         self.events += 1
         for by_addr, key in keys:
             bisect.insort((self._by_addr if by_addr else self._by_name)[key], t)
@@ -115,8 +119,23 @@ class ProxyIndex:
         self._seen = {k: t for k, t in self._seen.items() if t >= cut}
 
     def load(self, store: Store, since: datetime | None = None, until: datetime | None = None) -> None:
-        for ev in store.events(since, until):
-            self.add(ev)
+        """The proxy's records timed within [since, until). Other sensors' rows, and rows
+        read before, are passed over undecoded: in a probe's own store they are most."""
+        seen = self._seen
+        for _, sensor_id, seq, body in store.event_rows(since, until):
+            if sensor_id.startswith(PROXY_PREFIX) and (sensor_id, seq) not in seen:
+                self.add(EgressEvent.model_validate_json(body), (sensor_id, seq))
+
+    def tail(self, store: Store, cursor: dict[str, int]) -> None:
+        """The proxy's records appended past `cursor` (`proxy_heads`, advanced here), however
+        late they were written: a live probe's refresh reads each record once."""
+        while True:
+            batch = store.events_after(cursor, TAIL_BATCH, prefix=PROXY_PREFIX)
+            for sensor_id, seq, ev in batch:
+                cursor[sensor_id] = max(cursor.get(sensor_id, 0), seq)
+                self.add(ev, (sensor_id, seq))
+            if len(batch) < TAIL_BATCH:
+                return
 
     def matches(self, flow: EgressEvent, slack_s: float = 5.0) -> bool:
         """A proxy record for this destination within the flow's lifetime (plus slack)."""
@@ -134,6 +153,11 @@ class ProxyIndex:
                 if i < len(times) and times[i] <= hi:
                     return True
         return False
+
+
+def proxy_heads(store: Store) -> dict[str, int]:
+    """Each proxy chain's last seq now: where `ProxyIndex.tail` starts."""
+    return {h.sensor_id: h.head_seq for h in store.chain_heads() if h.sensor_id.startswith(PROXY_PREFIX)}
 
 
 def is_external_flow(ev: EgressEvent) -> bool:

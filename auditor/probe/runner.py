@@ -28,7 +28,7 @@ from rich.table import Table
 from auditor.errors import AuditorError
 from auditor.model import Decision, EgressEvent, sensor_event
 from auditor.probe.capture import DEFAULT_BPF, CaptureStats, FileCapture, LiveCapture
-from auditor.probe.coverage import ProxyIndex, mark_bypass, mark_unnamed_registries, timestamp_us
+from auditor.probe.coverage import ProxyIndex, mark_bypass, mark_unnamed_registries, proxy_heads, timestamp_us
 from auditor.probe.engine import EventDoc, Probe, ProbeConfig, ProbeStats, when
 from auditor.probe.flows import Networks
 from auditor.probe.judge import JudgeProcess, peak_memory_mb
@@ -117,8 +117,8 @@ class _Session:
         self.writer = BatchWriter(self.store, config.sensor_id) if self.store is not None else None
         self._sink = sink
         self.index = ProxyIndex()
-        self._index_cursor: datetime | None = None
-        self._index_from: datetime | None = None
+        self._proxy_seqs: dict[str, int] | None = None  # the proxy chains' seqs read so far (`ProxyIndex.tail`)
+        self._index_from = datetime.max.replace(tzinfo=UTC)  # the proxy's records are read from here on
         self._t0 = time.monotonic()
         self._dropped_seen = CaptureStats()
         detail = {
@@ -208,25 +208,32 @@ class _Session:
             while self.summary.events_submitted - self.writer.written - self.writer.dropped > MAX_BACKLOG:
                 time.sleep(0.005)
 
+    def prime_index(self, start: datetime) -> None:
+        """The proxy's records from `start` on, and the get_login answer in force then,
+        read once; after that a refresh reads only what the proxy appends. A live probe
+        primes before its capture loop, so that read never holds the loop up."""
+        if self.reader is None or self._proxy_seqs is not None:
+            return
+        self._proxy_seqs = proxy_heads(self.reader)  # before the read: whatever lands after it is tailed
+        for host, at in registry.named_in(self.reader.event_bodies(start - registry.LOOKBACK, start)).items():
+            self.index.name_registry(host, timestamp_us(at))
+        self.index.load(self.reader, start, None)
+        self._index_from = start
+
     def _refresh_index(self, flows: list[EgressEvent]) -> None:
-        """Read the proxy's records the flows need: what is new since the last read (with
-        30 s of overlap for records written late), and anything older than ever read."""
+        """Read the proxy's records the flows need: what it appended since the last read
+        (however late it wrote them), and anything older than ever read."""
         if self.reader is None:
             return
         pad = timedelta(seconds=BYPASS_GRACE_S)
         lo = min(e.flow.first_seen for e in flows if e.flow and e.flow.first_seen) - pad
-        hi = max(e.flow.last_seen for e in flows if e.flow and e.flow.last_seen) + pad
-        if self._index_cursor is None or self._index_from is None:
-            for host, at in registry.named_in(self.reader.event_bodies(lo - registry.LOOKBACK, lo)).items():
-                self.index.name_registry(host, timestamp_us(at))  # the answer in force before the first flow
-            self.index.load(self.reader, lo, None)
-            self._index_from = lo
+        if self._proxy_seqs is None:
+            self.prime_index(lo)
         else:
             if lo < self._index_from:
                 self.index.load(self.reader, lo, self._index_from)
                 self._index_from = lo
-            self.index.load(self.reader, self._index_cursor - timedelta(seconds=30), None)
-        self._index_cursor = max(hi, self._index_cursor or hi)
+            self.index.tail(self.reader, self._proxy_seqs)
         held = [e.flow.first_seen for e in self.probe.held if e.flow and e.flow.first_seen]
         oldest = min([*held, *(e.flow.first_seen for e in flows if e.flow and e.flow.first_seen)]) - pad
         self.index.prune(oldest)  # a long-running probe keeps only what open questions need
@@ -420,6 +427,7 @@ def run_live(
         raise
     probe = session.probe
     probe.tick(int(time.time() * 1_000_000))
+    session.prime_index(datetime.now(UTC) - timedelta(seconds=BYPASS_GRACE_S))
     handle = probe.packet
     deadline = time.monotonic() + duration if duration else None
     next_tick = time.monotonic() + TICK_SECONDS

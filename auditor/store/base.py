@@ -77,9 +77,12 @@ class Store(Protocol):
     def last_event(self, sensor_id: str) -> EgressEvent | None:
         """The newest event of one sensor: how a restarted sensor tells a clean stop from a gap."""
 
-    def events_after(self, cursor: dict[str, int], limit: int = 10_000) -> list[tuple[str, int, EgressEvent]]:
+    def events_after(
+        self, cursor: dict[str, int], limit: int = 10_000, *, prefix: str = ""
+    ) -> list[tuple[str, int, EgressEvent]]:
         """Events past `cursor` (sensor -> last seq seen), for tailing a live store;
-        (sensor, seq, event) so the caller can advance its cursor."""
+        (sensor, seq, event) so the caller can advance its cursor. `prefix`: only the
+        sensors whose id starts with it (the probe tails the proxy's records alone)."""
 
     def count(self) -> int: ...
 

@@ -323,10 +323,12 @@ class PostgresStore:
             if len(rows) < _PAGE:
                 return
 
-    def events_after(self, cursor: dict[str, int], limit: int = 10_000) -> list[tuple[str, int, EgressEvent]]:
+    def events_after(
+        self, cursor: dict[str, int], limit: int = 10_000, *, prefix: str = ""
+    ) -> list[tuple[str, int, EgressEvent]]:
         out: list[tuple[str, int, EgressEvent]] = []
         with self._lock:
-            sensors = [r[0] for r in self._conn.execute("SELECT sensor_id FROM checkpoints ORDER BY sensor_id")]
+            sensors = [r[0] for r in self._conn.execute("SELECT sensor_id FROM checkpoints ORDER BY sensor_id") if r[0].startswith(prefix)]
             for sensor_id in sensors:
                 rows = self._conn.execute(
                     "SELECT seq, body FROM records WHERE sensor_id = %s AND seq > %s AND kind = 'event' "

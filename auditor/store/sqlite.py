@@ -174,9 +174,11 @@ class SqliteStore:
             (lo, hi),
         )
 
-    def events_after(self, cursor: dict[str, int], limit: int = 10_000) -> list[tuple[str, int, EgressEvent]]:
+    def events_after(
+        self, cursor: dict[str, int], limit: int = 10_000, *, prefix: str = ""
+    ) -> list[tuple[str, int, EgressEvent]]:
         out: list[tuple[str, int, EgressEvent]] = []
-        sensors = [r[0] for r in self._db.execute("SELECT sensor_id FROM checkpoints ORDER BY sensor_id")]
+        sensors = [r[0] for r in self._db.execute("SELECT sensor_id FROM checkpoints ORDER BY sensor_id") if r[0].startswith(prefix)]
         for sensor_id in sensors:
             rows = self._db.execute(
                 "SELECT seq, body FROM records WHERE sensor_id = ? AND seq > ? AND kind = 'event' ORDER BY seq LIMIT ?",

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import sqlite3
 from datetime import UTC, datetime
 from pathlib import Path
 
-from auditor.model import Decision, Destination, EgressEvent, HttpInfo
-from auditor.probe.coverage import proxy_coverage
+from auditor.model import Decision, Destination, EgressEvent, FlowInfo, HttpInfo
+from auditor.probe.coverage import ProxyIndex, mark_bypass, proxy_coverage, proxy_heads
 from auditor.probe.engine import ProbeConfig
-from auditor.probe.runner import run_pcap
+from auditor.probe.flows import Networks
+from auditor.probe.runner import _Session, run_pcap
 from auditor.rules import load_pack
 from auditor.store.base import open_store
 
@@ -126,3 +128,52 @@ def test_the_answer_in_force_before_the_capture_began_is_found_in_the_store(tmp_
     [pull] = [e for e in st.events() if e.sensor_id == "probe" and e.kind == "flow"]
     st.close()
     assert "registry-not-named" in pull.observations
+
+
+def test_the_index_tails_what_the_proxy_appends_and_never_decodes_other_sensors_rows(tmp_path: Path) -> None:
+    store_url = str(tmp_path / "ev.db")
+    st = open_store(store_url)
+    st.append([_proxy_event("34.1.2.3", "api.gretel.cloud", T0)])
+    flow = EgressEvent(sensor_id="probe", kind="flow", time=datetime.fromtimestamp(T0, UTC), destination=Destination(ip="52.9.9.9", port=443))
+    st.append([flow])
+    db = sqlite3.connect(store_url)
+    db.execute("DROP TRIGGER records_no_update")
+    db.execute("UPDATE records SET body = 'not an event' WHERE sensor_id = 'probe'")  # a row no proxy index may need
+    db.commit()
+    db.close()
+    index = ProxyIndex()
+    seqs = proxy_heads(st)
+    index.load(st, datetime.fromtimestamp(T0 - 5, UTC), None)
+    assert index.events == 1 and seqs == {"proxy-main": 1}
+    st.append([_proxy_event("34.7.7.7", "artifacts.gretel.cloud", T0 - 600)])  # written late, timed long before the window
+    index.tail(st, seqs)
+    index.tail(st, seqs)
+    assert index.events == 2 and seqs == {"proxy-main": 2}
+    assert index.seen(((True, ("34.7.7.7", 443)),), int((T0 - 601) * 1e6), int((T0 - 599) * 1e6))
+    index.load(st, datetime.fromtimestamp(T0 - 700, UTC), None)  # overlapping reads count each record once
+    assert index.events == 2
+    st.close()
+
+
+def test_a_probe_refresh_reads_proxy_records_written_long_after_their_time(tmp_path: Path) -> None:
+    """The proxy records a request when it completes; a long upload is written minutes
+    after the time it carries. A refresh tails the proxy's chain, not a window of time."""
+    store_url = str(tmp_path / "ev.db")
+    session = _Session(ProbeConfig(), Networks(None), "test", None, store_url=store_url)
+    start = datetime.fromtimestamp(T0, UTC)
+    session.prime_index(start)
+    st = open_store(store_url)
+
+    def flow_at(first: float, last: float, ip: str) -> EgressEvent:
+        return EgressEvent(
+            sensor_id="probe", kind="flow", time=datetime.fromtimestamp(first, UTC), destination=Destination(ip=ip, port=443),
+            flow=FlowInfo(first_seen=datetime.fromtimestamp(first, UTC), last_seen=datetime.fromtimestamp(last, UTC), direction="egress"),
+        )
+
+    session._refresh_index([flow_at(T0 + 1, T0 + 200, "52.1.1.1")])
+    st.append([_proxy_event("34.1.2.3", "api.gretel.cloud", T0 + 10)])  # an upload that began at T0 + 10 ends 290 s later
+    upload = flow_at(T0 + 10, T0 + 300, "34.1.2.3")
+    session._refresh_index([upload])
+    assert mark_bypass([upload], session.index) == 0
+    session.close()
+    st.close()

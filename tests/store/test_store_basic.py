@@ -53,6 +53,7 @@ def test_tail_last_event_and_findings(store_url: str) -> None:
     tail = store.events_after({"proxy-a": 3})
     assert [(s, seq) for s, seq, _ in tail] == [("probe-b", 1), ("probe-b", 2), ("probe-b", 3), ("proxy-a", 4), ("proxy-a", 5)]
     assert len(store.events_after({}, limit=4)) == 4
+    assert [(s, seq) for s, seq, _ in store.events_after({"proxy-a": 3}, prefix="proxy")] == [("proxy-a", 4), ("proxy-a", 5)]
     last = store.last_event("proxy-a")
     assert last is not None and last.http is not None and last.http.query == "uid=m_4"
     assert store.last_event("nobody") is None
