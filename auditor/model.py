@@ -24,6 +24,8 @@ TcpState = Literal["attempted", "established", "refused", "reset", "closed"]
 Lifecycle = Literal["start", "stop", "config", "drop", "gap", "retention", "error"]
 
 SEVERITY_ORDER: dict[str, int] = {"info": 0, "low": 1, "medium": 2, "high": 3, "critical": 4}
+PROXY_PREFIX = "proxy"  # every proxy's sensor id starts so (the proxy refuses another)
+PROBE_PREFIX = "probe"  # and every probe's
 
 
 class Likelihood(IntEnum):

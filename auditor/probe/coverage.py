@@ -16,12 +16,10 @@ from datetime import datetime, timedelta
 
 from pydantic import BaseModel, Field
 
-from auditor.model import EgressEvent
+from auditor.model import PROBE_PREFIX, PROXY_PREFIX, EgressEvent
 from auditor.rules import registry
-from auditor.store.base import Store
+from auditor.store.base import Store, chain_keys
 
-PROXY_PREFIX = "proxy"
-PROBE_PREFIX = "probe"
 MAX_LISTED = 100
 TAIL_BATCH = 10_000
 
@@ -122,8 +120,8 @@ class ProxyIndex:
         """The proxy's records timed within [since, until). Other sensors' rows, and rows
         read before, are passed over undecoded: in a probe's own store they are most."""
         seen = self._seen
-        for _, sensor_id, seq, body in store.event_rows(since, until):
-            if sensor_id.startswith(PROXY_PREFIX) and (sensor_id, seq) not in seen:
+        for _, sensor_id, seq, body in store.event_rows(since, until, **chain_keys(PROXY_PREFIX)):
+            if (sensor_id, seq) not in seen:
                 self.add(EgressEvent.model_validate_json(body), (sensor_id, seq))
 
     def tail(self, store: Store, cursor: dict[str, int]) -> None:

@@ -215,7 +215,7 @@ class _Session:
         if self.reader is None or self._proxy_seqs is not None:
             return
         self._proxy_seqs = proxy_heads(self.reader)  # before the read: whatever lands after it is tailed
-        for host, at in registry.named_in(self.reader.event_bodies(start - registry.LOOKBACK, start)).items():
+        for host, at in registry.named_in(self.reader, start - registry.LOOKBACK, start).items():
             self.index.name_registry(host, timestamp_us(at))
         self.index.load(self.reader, start, None)
         self._index_from = start

@@ -303,7 +303,7 @@ class AuditorAddon:
         except Exception as exc:
             raise exceptions.OptionsError(f"cannot open store {url!r}: {exc}") from None
         try:  # the registry in force when this proxy (re)starts between two get_login answers
-            for host, at in registry.named_in(store.event_bodies(datetime.now(UTC) - registry.LOOKBACK)).items():
+            for host, at in registry.named_in(store, datetime.now(UTC) - registry.LOOKBACK).items():
                 self.login_registries.setdefault(host, at.timestamp())
         except Exception as exc:  # an unreadable store still takes writes; the next answer names the registry
             log.warning("auditor: could not read earlier get_login answers: %s", exc)

@@ -12,12 +12,14 @@ connections of nodes that pull around the proxy (the server name tells a registr
 from __future__ import annotations
 
 import re
-from collections.abc import Collection, Iterable
+from collections.abc import Collection
 from datetime import datetime, timedelta
 
 import orjson
 
+from auditor.model import PROXY_PREFIX
 from auditor.rules.hosts import host_kind, normalise_host, split_host_port
+from auditor.store.base import Store, chain_keys
 
 OBSERVATION = "registry-not-named"
 GET_LOGIN_PATH = "/opt/containers/get_login"
@@ -91,12 +93,13 @@ def note(named: Collection[str]) -> str:
     return "get_login named " + ", ".join(sorted(named)[:4])
 
 
-def named_in(bodies: Iterable[bytes]) -> dict[str, datetime]:
-    """The registries that allowed get_login answers named, read from stored event
-    bodies (`Store.event_bodies`): host -> when first named. How a sensor that starts
+def named_in(store: Store, since: datetime, until: datetime | None = None) -> dict[str, datetime]:
+    """The registries that allowed get_login answers named within [since, until), read
+    from the proxies' stored events: host -> when first named. How a sensor that starts
     (or restarts) between two answers knows the one in force."""
     out: dict[str, datetime] = {}
-    for body in bodies:
+    for *_, stored in store.event_rows(since, until, **chain_keys(PROXY_PREFIX)):
+        body = stored if isinstance(stored, bytes) else stored.encode()
         if _FIELD not in body:
             continue
         try:

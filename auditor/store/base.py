@@ -93,6 +93,12 @@ class Store(Protocol):
     def close(self) -> None: ...
 
 
+def chain_keys(prefix: str) -> dict[str, tuple[str, int]]:
+    """`Store.event_rows`' start and stop for every chain whose sensor id starts with
+    `prefix`: the store skips the other chains' rows before any reaches Python."""
+    return {"start": (prefix, 0), "stop": (prefix[:-1] + chr(ord(prefix[-1]) + 1), 0)}
+
+
 def open_store(url: str, *, create: bool = True) -> Store:
     """A file path (or sqlite:///path) opens SQLite; postgresql:// opens PostgreSQL."""
     if url.startswith(("postgresql://", "postgres://")):

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import json
+import sqlite3
+from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 
 from auditor.rules import registry
+from auditor.store.base import open_store
 
 ECR = "074762682575.dkr.ecr.us-west-2.amazonaws.com"
 
@@ -73,20 +77,35 @@ def test_registry_names_and_what_was_not_named() -> None:
     assert registry.note({ECR, "b.example"}) == f"get_login named {ECR}, b.example"
 
 
-def test_the_registries_named_in_stored_bodies() -> None:
-    from datetime import UTC, datetime
+def test_the_registries_named_in_the_proxies_stored_answers(tmp_path: Path) -> None:
+    """Rows as a store may hold them, written past the chain (what a foreign or damaged row
+    looks like): only the proxies' chains are read, and a row that does not parse names nothing."""
 
     def body(host: str | None, at: str, action: str = "allowed", kind: str = "http") -> bytes:
         http = {"method": "GET", "path": registry.GET_LOGIN_PATH, "login_registry": host}
         return json.dumps({"kind": kind, "time": at, "http": http, "decision": {"action": action}}, separators=(",", ":")).encode()
 
-    bodies = [
-        body(ECR, "2026-11-26T10:00:00Z"),
-        body(ECR, "2026-11-26T09:00:00Z"),  # the earlier answer counts
-        body("https://quay.io/", "2026-11-26T09:30:00Z", action="violation"),  # not the contract's API: names nothing
-        body("other.example", "2026-11-26T09:30:00Z", kind="tls"),
-        b'{"kind":"http","login_registry":"x", not json',
-        b'{"kind":"http","time":"2026-11-26T09:00:00Z","login_registry":"not under http"}',
-        json.dumps({"kind": "http", "http": {"method": "GET"}}).encode(),  # no field: skipped unread
+    rows = [
+        ("proxy-a", body(ECR, "2026-11-26T10:00:00Z")),
+        ("proxy-b", body(ECR, "2026-11-26T09:00:00Z")),  # the earlier answer counts
+        ("proxy-a", body("https://quay.io/", "2026-11-26T09:30:00Z", action="violation")),  # not the contract's API: names nothing
+        ("proxy-a", body("other.example", "2026-11-26T09:30:00Z", kind="tls")),
+        ("proxy-a", b'{"kind":"http","login_registry":"x", not json'),
+        ("proxy-a", b'{"kind":"http","time":"2026-11-26T09:00:00Z","login_registry":"not under http"}'),
+        ("proxy-a", json.dumps({"kind": "http", "http": {"method": "GET"}}).encode()),  # no field: skipped unread
+        ("probe", body("ghcr.io", "2026-11-26T09:10:00Z")),  # not a proxy's chain: never read
+        ("proxy-a", body("quay.io", "2026-11-26T08:00:00Z")),  # outside the window asked for
     ]
-    assert registry.named_in(bodies) == {ECR: datetime(2026, 11, 26, 9, tzinfo=UTC)}
+    path = tmp_path / "ev.db"
+    open_store(str(path)).close()
+    db = sqlite3.connect(path)
+    t = int(datetime(2026, 11, 26, 9, 30, tzinfo=UTC).timestamp() * 1_000_000)
+    db.executemany(
+        "INSERT INTO records VALUES (?, ?, 'event', ?, ?, ?, '', '')",
+        [(sensor, i, f"r{i}", t - (3 * 3600 * 1_000_000 if b'08:00' in b else 0), b) for i, (sensor, b) in enumerate(rows, 1)],
+    )
+    db.commit()
+    db.close()
+    store = open_store(str(path), create=False)
+    assert registry.named_in(store, datetime(2026, 11, 26, 8, 30, tzinfo=UTC)) == {ECR: datetime(2026, 11, 26, 9, tzinfo=UTC)}
+    store.close()
