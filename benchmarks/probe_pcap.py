@@ -7,6 +7,11 @@ The capture mixes what a hybrid node sends: per connection a DNS lookup, a TCP
 handshake, a TLS ClientHello, bulk TLS records with ACKs, and a FIN exchange.
 Packets are written with struct from templates (scapy builds the DNS and TLS
 payloads), because writing a million scapy packets takes longer than the run.
+The mix is run twice: with 40 data segments per connection (a connection and a
+lookup every 69 packets: the work per connection is what limits a Python reader,
+so this is the hard case) and with `--transfer-segments` (400: a node pulling
+image layers and moving training data to the customer's bucket opens far fewer
+connections per packet). Then the issue's own case, bulk TLS-port traffic.
 
 tshark reads the same whole file, its start-up included as ours is (about 20 s for
 the million packets here; `--tshark-packets N` runs it on the first N packets
@@ -257,6 +262,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--packets", type=int, default=1_000_000)
     ap.add_argument("--bulk-packets", type=int, default=200_000, help="the issue's reference case: bulk TLS-port traffic")
+    ap.add_argument(
+        "--transfer-segments", type=int, default=400,
+        help="the mix again with this many data segments per connection (a node moving layers and data); 0: skip",
+    )  # fmt: skip
     ap.add_argument("--tshark-packets", type=int, default=0, help="run tshark on the first N packets only (0: the whole file)")
     ap.add_argument("--live-seconds", type=float, default=30.0, help="0: skip the live part")
     ap.add_argument("--live-pps", type=int, default=50_000)
@@ -267,13 +276,22 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     mixed = work / f"mixed-{args.packets}.pcap"
     bulk = work / f"bulk-{args.bulk_packets}.pcap"
-    for path, n, segments in ((mixed, args.packets, BULK_SEGMENTS), (bulk, args.bulk_packets, 5000)):
+    transfer = work / f"mixed-{args.packets}-{args.transfer_segments}.pcap"
+    cases = [(mixed, args.packets, BULK_SEGMENTS), (bulk, args.bulk_packets, 5000)]
+    if args.transfer_segments:
+        cases.append((transfer, args.packets, args.transfer_segments))
+    for path, n, segments in cases:
         if not path.exists():
             BULK_SEGMENTS = segments
             t = time.perf_counter()
             written = generate(path, n)
             print(f"generated {written:,} packets ({path.stat().st_size / 1e6:,.0f} MB, {segments} bulk segments per connection) in {time.perf_counter() - t:.1f} s")
     compare("mixed: per connection a DNS lookup, handshake, ClientHello, 40 bulk TLS records, FIN", mixed, work, args.tshark_packets)
+    if args.transfer_segments:
+        compare(
+            f"the same mix with {args.transfer_segments} bulk TLS records per connection (10x fewer connections and lookups per packet)",
+            transfer, work, args.tshark_packets,
+        )  # fmt: skip
     compare("bulk TLS-port traffic (the issue's reference measurement)", bulk, work, args.tshark_packets)
     if args.live_seconds > 0:
         res = live(args.live_seconds, args.live_pps, work)
