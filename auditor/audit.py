@@ -24,12 +24,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import yaml
+from mitmproxy.exceptions import OptionsError
 from pydantic import BaseModel, ConfigDict, Field
 
 from auditor.errors import AuditorError
 from auditor.model import EgressEvent, Finding
-from auditor.probe.capture import DEFAULT_BPF
+from auditor.probe.capture import DEFAULT_BPF, check_capture
 from auditor.probe.engine import ProbeConfig
+from auditor.proxy.routing import ConnectTo
 from auditor.proxy.runner import ProxyConfig
 from auditor.report.bundle import FORMATS, make_report
 from auditor.report.intoto import PUBLIC_KEY_NAME, generate_keys
@@ -143,6 +145,11 @@ def run_local_audit(req: LocalAudit, progress: Progress | None = None,
     say = progress or (lambda _msg: None)
     if not req.command and req.duration is None and stop is None:
         raise AuditorError("nothing bounds the audit", fix="give --duration SECONDS or a command after --")
+    if req.duration is not None and req.duration <= 0:
+        raise AuditorError(f"--duration {req.duration:g}: not a time to audit for", fix="give a number of seconds above 0")
+    reroutes = [_connect_to(spec) for spec in req.connect_to]
+    bpf = probe_filter(req.bpf, reroutes)
+    check_capture(req.iface, bpf)  # a typo is an error of use, not a run without a probe
     req.out.mkdir(parents=True, exist_ok=True)
     store = str(req.out / "evidence.db")
     if Path(store).exists():
@@ -161,7 +168,7 @@ def run_local_audit(req: LocalAudit, progress: Progress | None = None,
             iface=req.iface,
             probe_config=ProbeConfig(sensor_id="probe-audit", proxies=[proxy_address]),
             pack=pack,
-            bpf=req.bpf or DEFAULT_BPF,
+            bpf=bpf,
         )
         say("starting the proxy and the probe")
         sensors.start()
@@ -184,6 +191,26 @@ def run_local_audit(req: LocalAudit, progress: Progress | None = None,
     notes = [] if sensors.probe_available else [f"probe unavailable: {sensors.probe_reason}"]
     return AuditResult(report=report, store=store, probe_available=sensors.probe_available, probe_reason=sensors.probe_reason,
                        command_exit=command_exit, seconds=time.monotonic() - started, events=_count(store), notes=notes)
+
+
+def _connect_to(spec: str) -> ConnectTo:
+    try:
+        return ConnectTo.parse(spec)
+    except OptionsError as exc:
+        raise AuditorError(str(exc)) from None
+
+
+def probe_filter(bpf: str | None, reroutes: Sequence[ConnectTo]) -> str:
+    """What the probe captures: `bpf` (default all IP), less the proxy's connections to
+    --connect-to targets. Those are test servers standing in for endpoints; the proxy
+    records that traffic itself, under the names and ports the job asked for, while a
+    flow to the target's address would read as an unexplained direct-IP connection on
+    the wrong port. A default filter loses its VLAN clause: after `vlan`, every later
+    primitive in a filter reads the tagged offsets, untagged packets' addresses included."""
+    if not reroutes:
+        return bpf or DEFAULT_BPF
+    targets = " or ".join(f"(host {r.addr} and tcp port {r.to_port})" for r in reroutes)
+    return f"({bpf or 'ip or ip6'}) and not ({targets})"
 
 
 def _proxy_overlay(path: Path, address: str) -> Path:

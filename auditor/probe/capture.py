@@ -16,6 +16,7 @@ import ctypes
 import ctypes.util
 import queue
 import select
+import socket
 import threading
 import zlib
 from collections.abc import Iterator
@@ -429,6 +430,7 @@ def _libpcap() -> ctypes.CDLL:
     p = ctypes.c_void_p
     sigs = {
         "pcap_create": (p, [ctypes.c_char_p, ctypes.c_char_p]),
+        "pcap_open_dead": (p, [ctypes.c_int, ctypes.c_int]),
         "pcap_set_snaplen": (ctypes.c_int, [p, ctypes.c_int]),
         "pcap_set_promisc": (ctypes.c_int, [p, ctypes.c_int]),
         "pcap_set_timeout": (ctypes.c_int, [p, ctypes.c_int]),
@@ -453,6 +455,34 @@ def _libpcap() -> ctypes.CDLL:
         func.restype = res
         func.argtypes = args
     return lib
+
+
+def _compile(lib: ctypes.CDLL, handle: int, bpf: str) -> _Program:
+    """`bpf` compiled for `handle`'s link type; the caller frees it (pcap_freecode)."""
+    prog = _Program()
+    if lib.pcap_compile(handle, ctypes.byref(prog), bpf.encode(), 1, 0xFFFFFFFF) < 0:
+        detail = (lib.pcap_geterr(handle) or b"").decode(errors="replace")
+        raise AuditorError(f"bad BPF filter {bpf!r}: {detail}", fix="use tcpdump filter syntax, e.g. 'tcp or udp'")
+    return prog
+
+
+def check_capture(iface: str, bpf: str | None) -> None:
+    """The errors of use a live capture would meet, found before anything starts and without
+    privileges: an interface this machine does not have, a filter libpcap cannot compile."""
+    if iface != "any":
+        try:
+            socket.if_nametoindex(iface)
+        except OSError:
+            raise AuditorError(f"no interface {iface!r} on this machine", fix="pass --iface with one that `ip link` lists, or any") from None
+    if not bpf or bpf == DEFAULT_BPF:
+        return
+    lib = _libpcap()
+    handle = lib.pcap_open_dead(LINK_SLL2 if iface == "any" else LINK_ETHERNET, 4096)
+    try:
+        prog = _compile(lib, handle, bpf)
+        lib.pcap_freecode(ctypes.byref(prog))
+    finally:
+        lib.pcap_close(handle)
 
 
 class LiveCapture:
@@ -488,11 +518,11 @@ class LiveCapture:
         if bpf == DEFAULT_BPF and self.linktype != LINK_ETHERNET:
             bpf = self.bpf = "ip or ip6"  # cooked captures carry no VLAN tags: the kernel has removed them
         if bpf:
-            prog = _Program()
-            if self._lib.pcap_compile(handle, ctypes.byref(prog), bpf.encode(), 1, 0xFFFFFFFF) < 0:
-                detail = (self._lib.pcap_geterr(handle) or b"").decode(errors="replace")
+            try:
+                prog = _compile(self._lib, handle, bpf)
+            except AuditorError:
                 self.close()
-                raise AuditorError(f"bad BPF filter {bpf!r}: {detail}", fix="use tcpdump filter syntax, e.g. 'tcp or udp'")
+                raise
             rc = self._lib.pcap_setfilter(handle, ctypes.byref(prog))
             self._lib.pcap_freecode(ctypes.byref(prog))
             if rc < 0:

@@ -47,7 +47,7 @@ from auditor.proxy.bodies import (
 )
 from auditor.proxy.gate import GATED, Gate, gate_layers
 from auditor.proxy.pool import POOL_MIN_BYTES, ClassifyPool, ContextFiles, default_workers
-from auditor.proxy.events import destination_of, http_info, source_of, upstream_of, when
+from auditor.proxy.events import destination_of, http_info, reroute, rerouted_to, source_of, upstream_of, when
 from auditor.rules import registry
 from auditor.store.writer import BatchWriter
 
@@ -345,7 +345,7 @@ class AuditorAddon:
             if rule.matches(host, port):
                 if data.server.sni is None and not checks.direct_ip([host]):
                     data.server.sni = data.client.sni or host
-                data.server.address = (rule.addr, rule.to_port)
+                reroute(data.server, (host, port), (rule.addr, rule.to_port))
                 return
 
     def server_connected(self, data: ServerConnectionHookData) -> None:
@@ -673,6 +673,7 @@ class AuditorAddon:
         ip, port = upstream_of(flow.server_conn)
         if ip:
             event.destination.ip, event.destination.port = ip, port
+        _note_reroute(event, flow.server_conn)
         counter: CountedBody | None = flow.metadata.get("auditor_response_stream")
         if resp is not None:
             if counter is not None:
@@ -891,6 +892,7 @@ class AuditorAddon:
         d.ip, d.port = ip, port if port is not None else (target[1] if target else None)
         d.app_protocol = "tls" if passthrough else "tcp"
         d.tls = True if passthrough else None
+        _note_reroute(event, flow.server_conn)
         if passthrough:
             _add(event.observations, "tls-not-opened")
             event.payload = PayloadInfo(size=event.flow.bytes_up if event.flow else 0, inspected=False, not_inspected_reason="tls-not-opened")
@@ -1114,6 +1116,13 @@ def _parse_length(value: str | None) -> int | None:
         return int(value.strip())
     except ValueError:
         return None
+
+
+def _note_reroute(event: EgressEvent, server: connection.Server) -> None:
+    """Where --connect-to delivered what the event records as sent to the name and port asked for."""
+    via = rerouted_to(server)
+    if via:
+        event.notes.append(f"delivered to {via} by --connect-to")
 
 
 def _add(items: list[str], item: str) -> None:

@@ -6,6 +6,7 @@ and an importer of saved `.mitm` flows can share them.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from datetime import UTC, datetime
 from functools import lru_cache
 
@@ -41,12 +42,39 @@ def alpn_of(conn: connection.Connection) -> str | None:
     return conn.alpn.decode("ascii", "replace") if conn.alpn else None
 
 
+# --connect-to reroutes, by server connection id: the port the client asked for. The
+# proxy records where the job sent a request (that is what the policy judges) and says
+# in a note where it delivered it. Events are finished after their connection closes,
+# so entries are not dropped at disconnect: the oldest go once there are MAX_REROUTES
+# (only test setups reroute). Ids are unique: every proxy in the process may share it.
+_asked_port: OrderedDict[str, int] = OrderedDict()
+MAX_REROUTES = 65536
+
+
+def reroute(server: connection.Server, asked: tuple[str, int], to: tuple[str, int]) -> None:
+    """Send `server`'s connection to `to` instead of `asked` (curl's --connect-to)."""
+    server.address = to
+    _asked_port[server.id] = asked[1]
+    if len(_asked_port) > MAX_REROUTES:
+        _asked_port.popitem(last=False)
+
+
+def rerouted_to(server: connection.Server) -> str | None:
+    """`ADDR:PORT` a --connect-to rule sent this connection to, or None."""
+    if server.id not in _asked_port or not server.address:
+        return None
+    host, port = server.address[0], server.address[1]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 def upstream_of(server: connection.Server) -> tuple[str | None, int | None]:
-    """The address actually connected to (after --connect-to), else the one asked for."""
+    """The address actually connected to, else the one asked for; the port is the one the
+    client asked for when --connect-to sent the connection elsewhere (`reroute`)."""
+    asked = _asked_port.get(server.id)
     if server.peername:
-        return _plain_ip(server.peername[0]), server.peername[1]
+        return _plain_ip(server.peername[0]), asked or server.peername[1]
     if server.address:
-        return None, server.address[1]
+        return None, asked or server.address[1]
     return None, None
 
 

@@ -113,3 +113,40 @@ def test_cluster_audit_attributes_sources_with_the_inventory(tmp_path: Path) -> 
     assert "gretel-hybrid/gretel-worker-7c9f" in sources
     assert (out / "inventory-snapshot.json").read_bytes() == inventory.read_bytes()
     assert verify_bundle(out / "report", out / "auditor-signing.pub").ok
+
+
+def test_audit_of_a_job_whose_endpoints_are_test_servers_on_another_port_passes(tmp_path: Path) -> None:
+    """--connect-to test servers on port 18443, the probe on all of loopback: the proxy records
+    what the job asked for (:443), and the probe leaves the proxy's legs to the targets out."""
+    addresses = {host: f"127.0.8.{11 + i}" for i, host in enumerate(names.DEFAULT_ADDRESSES)}
+    with Simulation.start(tmp_path / "ca", addresses=addresses, https_port=18443, dns_ip="127.0.8.10", dns_port=53) as sim:
+        site = tmp_path / "site.yaml"
+        site.write_text(yaml.safe_dump(sim.site_overlay()))
+        job = tmp_path / "job.py"
+        job.write_text(JOB)
+        cmd = [sys.executable, "-m", "auditor.cli", "audit", "--out", str(tmp_path / "audit"), "--overlay", str(site),
+               "--iface", "lo", "--upstream-ca", str(sim.ca_cert_path)]
+        for spec in sim.connect_to():
+            cmd += ["--connect-to", spec]
+        proc = subprocess.run([*cmd, "--", sys.executable, str(job), "/users/me/billing"], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+        assert [r.path for r in sim.received_by(names.API)] == ["/users/me/billing"]
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "PASS: " in proc.stdout and "probe unavailable" not in proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["--iface", "bogus0"], "no interface 'bogus0' on this machine"),
+        (["--bpf", "tcp port"], "bad BPF filter 'tcp port'"),
+        (["--duration", "-1"], "--duration -1: not a time to audit for"),
+        (["--connect-to", "nonsense"], "--connect-to 'nonsense' is not HOST:PORT:ADDR:PORT"),
+    ],
+)
+def test_audit_refuses_errors_of_use_before_running_anything(tmp_path: Path, args: list[str], says: str) -> None:
+    marker = tmp_path / "ran"
+    proc = subprocess.run([sys.executable, "-m", "auditor.cli", "audit", "--out", str(tmp_path / "a"), *args, "--", "touch", str(marker)],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 3, proc.stdout + proc.stderr
+    assert proc.stderr.startswith("error: ") and says in proc.stderr and "Traceback" not in proc.stderr
+    assert not marker.exists() and not (tmp_path / "a" / "evidence.db").exists()

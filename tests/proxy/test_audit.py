@@ -32,6 +32,7 @@ from .conftest import (
     RunningProxy,
     Upstream,
     events_of,
+    https_upstream,
     plain_upstream,
     proxy_config,
     running_proxy,
@@ -405,3 +406,17 @@ def test_big_bodies_judged_in_worker_processes_as_on_the_event_loop(
     fronted = by_path[("/projects/models", "uid=fronted")]
     assert "sni-host-mismatch" in fronted[4] and fronted[5] == "violation"
     assert by_path[("/projects/models", "uid=u0&type=train")][3] == ("metadata",)
+
+
+def test_connect_to_another_port_is_recorded_as_the_port_asked_for(tmp_path: Path, test_ca: ThrowawayCA, proxy_confdir: Path, overlay_file: Path) -> None:
+    """A test server on another port stands in for the endpoint: the job asked for :443, so the
+    event (and the policy) says :443, and a note says where the proxy delivered it."""
+    test_server = ("127.0.7.6", 18443)
+    config = proxy_config(tmp_path, proxy_confdir, test_ca, overlays=[overlay_file], connect_to=[f"{API}:443:{test_server[0]}:{test_server[1]}"])
+    with https_upstream(*test_server, test_ca.issue([API], [test_server[0]])) as up, running_proxy(config) as p, _client(p) as c:
+        assert c.get(f"https://{API}/users/me/billing").status_code == 200
+        [event] = _by_path(p.store, "/users/me/billing")
+    assert up.paths() == ["/users/me/billing"]
+    assert (event.destination.host, event.destination.ip, event.destination.port) == (API, test_server[0], 443)
+    assert "delivered to 127.0.7.6:18443 by --connect-to" in event.notes
+    assert event.decision is not None and event.decision.action == "allowed", event.decision
