@@ -684,6 +684,8 @@ def probe(
 
     if not sensor_id.startswith("probe"):
         raise AuditorError(f"sensor id {sensor_id!r} must start with 'probe'", fix="e.g. --sensor-id probe-node1")
+    if pcap is not None and bpf is not None:
+        raise AuditorError("--bpf filters a live capture; a file is read whole", fix=f"drop --bpf, or filter the file first: tcpdump -r {pcap} -w part.pcap 'FILTER'")
     options = probe_options(
         store=store, pcap=pcap, iface=iface, bpf=bpf or DEFAULT_BPF, duration=duration, pack=pack, overlays=overlay or [],
         inventory=inventory, kubernetes=kubernetes,

@@ -47,6 +47,13 @@ def test_probe_rejects_a_file_that_is_not_a_capture_in_one_line(tmp_path: Path) 
     assert proc.stderr.strip().splitlines()[-1].startswith("error: ") and "not a pcap or pcapng file" in proc.stderr
 
 
+def test_probe_refuses_a_filter_it_would_not_apply_to_a_file(tmp_path: Path) -> None:
+    proc = subprocess.run([*AUDITOR, "probe", "--pcap", str(_pcap(tmp_path)), "--store", str(tmp_path / "x.db"), "--bpf", "tcp port 443"],
+                          capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert proc.returncode == 3 and proc.stderr.startswith("error: --bpf filters a live capture"), proc.stderr
+    assert not (tmp_path / "x.db").exists()
+
+
 def test_probe_live_stops_cleanly_on_sigint(tmp_path: Path) -> None:
     store = tmp_path / "live.db"
     proc = subprocess.Popen([*AUDITOR, "probe", "--iface", "lo", "--bpf", "udp port 9", "--store", str(store)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
