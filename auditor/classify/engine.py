@@ -825,7 +825,7 @@ def _as_batch(doc: Any) -> Any:
 _RUNNER_KEYS = frozenset({"runner_mode", "runner_modes"})
 _SCALARS = frozenset({int, float, bool, type(None)})  # leaves the quiet walk neither counts nor enters
 
-_RUN_KINDS = {"model-id": "model-run-id", "model-status": "model-run-status"}
+_RUN_KINDS = rt.RUN_KINDS
 
 _Child = tuple[int, str, "type[rt.Body] | None", bool, bool, frozenset[str]]  # (index, key, model, free_text, opaque, kinds of the fields up to it)
 

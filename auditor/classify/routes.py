@@ -43,6 +43,8 @@ KINDS: tuple[str, ...] = (
     "file-names",
 )
 
+RUN_KINDS = {"model-id": "model-run-id", "model-status": "model-run-status"}  # what a model's kinds are on a model run
+
 FREE_TEXT_FIELDS = frozenset({"msg", "ctx", "error_msg", "traceback", "stack_trace", "description"})
 
 
@@ -267,6 +269,7 @@ ROUTES: tuple[Route, ...] = (
 )
 
 GRETEL_DOMAINS = ("gretel.cloud", "gretel.ai")
+_BY_NAME = {route.name: route for route in ROUTES}
 
 
 @functools.lru_cache(maxsize=1024)
@@ -403,6 +406,41 @@ def validate(model: type[Body], doc: Any) -> list[str]:
     except ValidationError as exc:
         return [f"{'.'.join(str(p) for p in e['loc']) or '<body>'}: {e['msg']}" for e in exc.errors()[:5]]
     return []
+
+
+@functools.lru_cache(maxsize=1024)
+def kind_paths(route_name: str, kind: str) -> tuple[str, ...]:
+    """Where a route's request carries a metadata kind, by its schema: `url` when its path
+    or query does, `body.<field>` (`[]` for list items) for each body field tagged with
+    it (nested fields only under a field not tagged so itself). For the report, which
+    keeps each request's route and kinds but not its body; () for a route not in the table."""
+    route = _BY_NAME.get(route_name)
+    if route is None:
+        return ()
+    wanted = {kind} | {k for k, run in RUN_KINDS.items() if run == kind}
+    paths = ["url"] if wanted & set(route.kinds) else []
+    if route.body is not None:
+        _tagged_paths(route.body, "body", frozenset(wanted), paths, set())
+    return tuple(paths)
+
+
+def _tagged_paths(model: type[Body], prefix: str, wanted: frozenset[str], out: list[str], seen: set[type[Body]]) -> None:
+    if model in seen:  # a model that holds itself
+        return
+    seen = seen | {model}
+    for name, spec in specs(model).items():
+        path = f"{prefix}.{name}{'[]' if _is_list(model.model_fields[name].annotation) else ''}"
+        if wanted & set(spec.kinds):
+            out.append(path)
+        elif spec.model is not None:
+            _tagged_paths(spec.model, path, wanted, out, seen)
+
+
+def _is_list(annotation: Any) -> bool:
+    origin = typing.get_origin(annotation)
+    if origin is list:
+        return True
+    return origin in (Union, types.UnionType) and any(_is_list(arg) for arg in typing.get_args(annotation))
 
 
 # --- typed decoding: one C pass that parses and validates a plain body --------------------

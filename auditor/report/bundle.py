@@ -136,6 +136,7 @@ def _predicate(doc: ReportDoc) -> dict[str, Any]:
         "verdict": {"status": doc.verdict.status, "reason": doc.verdict.reason, "reasons": doc.verdict.reasons},
         "coverage": {
             "score": cov.score.model_dump() if cov.score else None,
+            "scoreBasis": cov.score_basis,
             "threshold": cov.threshold,
             "meetsThreshold": cov.meets_threshold,
             "proxyAvailable": cov.proxy_available,

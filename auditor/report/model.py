@@ -34,10 +34,13 @@ import numpy as np
 import orjson
 from pydantic import BaseModel, ConfigDict, Field
 
-from auditor.model import SEVERITY_ORDER, EgressEvent, Finding, Likelihood, LikelihoodName, Severity
+from auditor.classify.routes import kind_paths
+from auditor.model import PROBE_PREFIX, SEVERITY_ORDER, EgressEvent, Finding, Likelihood, LikelihoodName, Severity
 from auditor.probe.coverage import ProxyIndex, ProxyKey, flow_keys, flow_window, is_external_flow, is_proxy_record, proxy_keys, timestamp_us
 from auditor.redact import redact_query, redact_text
-from auditor.rules import Pack, evaluate, group_findings, judge
+from auditor.rules import Pack, destination_label, evaluate, group_findings, judge
+from auditor.rules.policy import fronting_note
+from auditor.rules.spec import ForbiddenClassSpec
 from auditor.store.base import ChainHead, Store, VerifyResult, open_store, redact_url
 from auditor.store.chain import GENESIS, canonical_json, record_hash
 from auditor.store.retention import RETENTION_SENSOR
@@ -54,6 +57,7 @@ MAX_SAMPLES = 5
 MAX_EXCERPTS = 3
 MAX_EVENT_IDS = 10
 MATCH_SLACK_US = 5_000_000
+PROXY_NOTE = "to the audit proxy"  # the probe's note on a flow to the audit proxy (auditor.probe.engine)
 CONTROL_FRAMEWORKS = {
     "SOC 2": ("CC6.6", "CC6.7", "CC7.2"),
     "ISO/IEC 27001:2022": ("A.8.20", "A.8.21", "A.8.22", "A.8.23"),
@@ -152,9 +156,11 @@ class CoverageReport(_Doc):
     probe_available: bool
     sensors: list[SensorCoverage]
     events_by_sensor: dict[str, int]
-    external_flows: int
+    score_basis: str  # which measure the score is: a reader must not take one for the other
+    external_flows: int  # pod flows the probe saw to addresses outside the cluster, not to the audit proxy
+    proxy_flows: int  # pod flows the probe saw to the audit proxy itself (not matched: the proxy's records cover them)
     proxy_matched_flows: int
-    proxy_matched_share: Share | None
+    proxy_matched_share: Share | None  # None: not measured (no probe or proxy events, or no external pod flow)
     matched_method: str
     unmatched_destinations: dict[str, int]
     http_requests: int
@@ -194,19 +200,25 @@ class MetadataKindLine(_Doc):
     status: LineStatus
     count: int
     routes: list[str]
-    field_paths: list[str]
+    field_paths: list[str]  # where the schemas of those routes carry this kind (`kind_paths`): the report keeps no bodies
 
 
 class ForbiddenClassLine(_Doc):
+    """Data that must stay home: it fails only where it went somewhere the contract does
+    not allow; taken where the contract allows it (the customer's own bucket), it is kept."""
+
     id: str
     description: str
     contract: str
     labels: list[str]
     status: LineStatus
-    count: int
+    count: int  # events that carried it where the contract does not allow (violations)
+    unverified: int  # events that carried it where the policy could not decide
+    kept: int  # events that carried it where the contract allows (allowed decisions)
+    kept_where: list[str]  # a sample of those destinations, each with the rule that allowed it
     statement: str
     finding_ids: list[str]
-    event_ids: list[str]
+    event_ids: list[str]  # of the violations and unverified events
 
 
 class InboundLine(_Doc):
@@ -326,7 +338,6 @@ class _EndpointAcc:
 class _KindAcc:
     count: int = 0
     routes: set[str] = field(default_factory=set)
-    field_paths: set[str] = field(default_factory=set)
 
 
 @dataclass
@@ -419,8 +430,9 @@ class _Acc:
     tls_not_opened: int = 0
     endpoints: defaultdict[str, _EndpointAcc] = field(default_factory=lambda: defaultdict(_EndpointAcc))
     kinds: defaultdict[str, _KindAcc] = field(default_factory=lambda: defaultdict(_KindAcc))
-    forbidden: defaultdict[str, list[str]] = field(default_factory=lambda: defaultdict(list))
-    forbidden_counts: Counter[str] = field(default_factory=Counter)
+    forbidden: defaultdict[str, list[str]] = field(default_factory=lambda: defaultdict(list))  # ids of events not allowed
+    forbidden_counts: Counter[tuple[str, str]] = field(default_factory=Counter)  # (class, action) -> events
+    kept_where: defaultdict[str, set[str]] = field(default_factory=lambda: defaultdict(set))
     inbound_ids: list[str] = field(default_factory=list)
     inbound: int = 0
     destinations: defaultdict[tuple[str, int | None], _DestAcc] = field(default_factory=lambda: defaultdict(_DestAcc))
@@ -430,6 +442,7 @@ class _Acc:
     proxy_index: ProxyIndex = field(default_factory=ProxyIndex)
     pending_flows: deque[tuple[int, _Profile, int, int]] = field(default_factory=deque)  # (deadline, profile, flow_window)
     external_flows: int = 0
+    proxy_flows: int = 0
     matched_flows: int = 0
     unmatched: Counter[str] = field(default_factory=Counter)
     endpoint_of: dict[tuple[str | None, str | None, str | None], str | None] = field(default_factory=dict)
@@ -475,8 +488,12 @@ def _clean_cached(text: str, limit: int) -> str:
 
 
 def destination_name(event: EgressEvent) -> str:
+    """The destination as the destinations table names it: the client's target, and the
+    SNI and Host header beside it when they disagree (as findings name it)."""
     d = event.destination
-    return _clean(d.host or d.sni or d.http_host or d.ip or "(unknown)", 255)
+    name = d.host or d.sni or d.http_host or d.ip or "(unknown)"
+    note = fronting_note(d)
+    return _clean(f"{name} ({note})" if note else name, 255)
 
 
 def _who(event: EgressEvent) -> str:
@@ -877,14 +894,17 @@ class _Profile:
     dest: _DestAcc | None
     dest_key: tuple[str, int | None] | None
     kinds: tuple[str, ...]
-    forbidden: tuple[str, ...]
+    forbidden: tuple[str, ...]  # classes it carried where it was not allowed: their ids are sampled
+    kept: tuple[str, ...]  # classes it carried where the contract allows them
+    kept_where: str  # where those went, and by which rule
     proxy_keys: tuple[ProxyKey, ...] | None  # None: not a proxy record
     pending: bool
+    to_proxy: bool  # a pod flow the probe saw go to the audit proxy itself
     bypass: bool
     match_keys: tuple[ProxyKey, ...]
     unmatched: str
     rule_id: str | None  # what the destination's sample of rule ids gains from it
-    samples: tuple[tuple[str, str | None, tuple[str, ...]], ...]  # (metadata kind, route, field paths) it offers
+    samples: tuple[tuple[str, str], ...]  # (metadata kind, route) it offers
     login_registry: str | None  # the registry a get_login answer named
     index: int = 0
     n: int = 0
@@ -901,24 +921,26 @@ def _new_profile(acc: _Acc, event: EgressEvent, judging: _Judging) -> _Profile:
 
 def _take_samples(acc: _Acc, p: _Profile) -> None:
     """What a profile adds to the bounded samples (a destination's rule ids, a metadata
-    kind's routes and field paths) when its first event is read: which profiles fill
+    kind's routes) when its first event is read: which profiles fill
     a sample depends on the order their first events come in."""
     dest = p.dest
     if p.rule_id is not None and dest is not None and len(dest.rule_ids) < 20:
         dest.rule_ids.add(p.rule_id)
     if p.login_registry is not None and len(acc.login_registries) < MAX_SAMPLES:
         acc.login_registries.add(p.login_registry)
-    for kind_id, route, paths in p.samples:
+    for class_id in p.kept:
+        where = acc.kept_where[class_id]
+        if len(where) < MAX_SAMPLES:
+            where.add(p.kept_where)
+    for kind_id, route in p.samples:
         k = acc.kinds[kind_id]
-        if route is not None and len(k.routes) < MAX_SAMPLES:
+        if len(k.routes) < MAX_SAMPLES:
             k.routes.add(route)
-        if len(k.field_paths) < MAX_SAMPLES:
-            k.field_paths.update(paths)
 
 
 def _profile_of(acc: _Acc, event: EgressEvent, judging: _Judging) -> _Profile:
     """The per-event decisions for an event (the fast pass: any one of its profile), and
-    the samples every event of a profile would offer (rule id, routes and field paths)."""
+    the samples every event of a profile would offer (rule id, routes)."""
     decision = event.decision
     action = decision.action if decision is not None else "unverified"
     kind = event.kind
@@ -948,32 +970,35 @@ def _profile_of(acc: _Acc, event: EgressEvent, judging: _Judging) -> _Profile:
         dest_key = (destination_name(event), dest.port)
         dest_acc = acc.destinations[dest_key]
     forbidden: list[str] = []
-    samples: list[tuple[str, str | None, tuple[str, ...]]] = []
+    kept: list[str] = []
+    samples: tuple[tuple[str, str], ...] = ()
     if payload is not None:
-        route = _clean(payload.route, 120) if payload.route else None
-        for kind_id in payload.metadata_kinds:
-            paths = tuple(
-                _clean(f.field_path, 120) for f in payload.findings
-                if f.field_path and (f.label in (kind_id, "metadata") or f.detector == kind_id)
-            )
-            samples.append((kind_id, route, paths))
+        if payload.route:
+            route = _clean(payload.route, 120)
+            samples = tuple((kind_id, route) for kind_id in payload.metadata_kinds)
         labels = set(payload.labels)
         labels.update(f.label for f in payload.findings)
         if not labels.isdisjoint(judging.any_forbidden):
-            forbidden = [class_id for class_id, wanted in judging.forbidden_labels.items() if not labels.isdisjoint(wanted)]
+            carried = [class_id for class_id, wanted in judging.forbidden_labels.items() if not labels.isdisjoint(wanted)]
+            if action == "allowed":
+                kept = carried
+            else:
+                forbidden = carried
     return _Profile(
         action=action, code=_ACTION_CODE[action],
         bytes_mode=1 if flow is not None else 2 if event.http is not None else 0,
         l7=kind in L7_KINDS, body=body, skip_reason=skip_reason,
         tls_not_opened="tls-not-opened" in observations or (payload is not None and payload.not_inspected_reason == "tls-not-opened"),
         inbound=inbound, endpoint=endpoint, endpoint_id=endpoint_id, method=method, dest=dest_acc, dest_key=dest_key,
-        kinds=tuple(payload.metadata_kinds) if payload is not None else (), forbidden=tuple(forbidden),
+        kinds=tuple(payload.metadata_kinds) if payload is not None else (), forbidden=tuple(forbidden), kept=tuple(kept),
+        kept_where=_clean(f"{destination_label(event)} (rule {decision.rule_id})", 300) if kept and decision is not None else "",
         proxy_keys=proxy_keys(event) if is_proxy_record(event) else None,
         pending=kind == "flow" and event.source.scope != "node" and not internal and is_external_flow(event),
+        to_proxy=kind == "flow" and event.source.scope != "node" and event.sensor_id.startswith(PROBE_PREFIX) and PROXY_NOTE in event.notes,
         bypass="bypass" in observations, match_keys=flow_keys(event),
         unmatched=_clean(f"{dest.host or dest.sni or dest.ip}:{dest.port}", 200),
         rule_id=decision.rule_id if decision is not None and dest_acc is not None else None,
-        samples=tuple(samples),
+        samples=samples,
         login_registry=_clean(event.http.login_registry, 253) if action == "allowed" and event.http is not None and event.http.login_registry else None,
     )
 
@@ -1049,6 +1074,8 @@ def _fold(acc: _Acc, p: _Profile, sensor_id: str, kind: str) -> None:
         acc.tls_not_opened += n
     if p.inbound:
         acc.inbound += n
+    if p.to_proxy:
+        acc.proxy_flows += n
     ep = p.endpoint
     if ep is not None:
         ep.events += n
@@ -1064,7 +1091,9 @@ def _fold(acc: _Acc, p: _Profile, sensor_id: str, kind: str) -> None:
     for kind_id in p.kinds:
         acc.kinds[kind_id].count += n
     for class_id in p.forbidden:
-        acc.forbidden_counts[class_id] += n
+        acc.forbidden_counts[class_id, p.action] += n
+    for class_id in p.kept:
+        acc.forbidden_counts[class_id, "allowed"] += n
 
 
 class _RawSource(msgspec.Struct, forbid_unknown_fields=True):
@@ -1853,6 +1882,7 @@ def _coverage(acc: _Acc, sensors: list[SensorCoverage], threshold: Decimal, pack
     candidates = [s for s in (inspected_share, matched_share) if s is not None]
     score = min(candidates, key=lambda s: Decimal(s.numerator) / Decimal(s.denominator)) if candidates else None
     meets = score is not None and score.at_least(threshold)
+    basis = _score_basis(inspected_share, matched_share, probe_available=probe_available, proxy_available=proxy_available)
 
     statements: list[str] = []
     if not proxy_available:
@@ -1861,9 +1891,17 @@ def _coverage(acc: _Acc, sensors: list[SensorCoverage], threshold: Decimal, pack
         statements.append(
             "Probe coverage unavailable: no probe (L3/L4) events in the window, so traffic that bypassed the proxy could not be seen."
         )
+    to_proxy = f"{_count(acc.proxy_flows, 'pod flow', 'pod flows')} to the audit proxy itself"
     if matched_share is not None:
         statements.append(
-            f"{matched_share.percent} of {external:,} external pod flows seen by the probe went through the proxy."
+            f"Proxy match: {matched:,} of {_count(external, 'pod flow', 'pod flows')} the probe saw to addresses outside the "
+            f"cluster matched a connection the proxy made ({matched_share.percent}); the rest went around it. "
+            f"Not part of this measure: {to_proxy}, whose requests count under inspected evidence."
+        )
+    elif probe_available and proxy_available:
+        statements.append(
+            "Proxy match not measured: the probe saw no pod flow to an address outside the cluster, so there was nothing "
+            f"to match ({to_proxy})."
         )
     if inspected_share is not None:
         statements.append(
@@ -1884,7 +1922,7 @@ def _coverage(acc: _Acc, sensors: list[SensorCoverage], threshold: Decimal, pack
         statements.append(f"No coverage could be measured; the required minimum is {thr_percent}.")
     else:
         statements.append(
-            f"Coverage {score.percent} {'meets' if meets else 'is below'} the required minimum of {thr_percent}."
+            f"Coverage {score.percent} ({basis}) {'meets' if meets else 'is below'} the required minimum of {thr_percent}."
         )
     return CoverageReport(
         threshold=str(threshold),
@@ -1895,7 +1933,9 @@ def _coverage(acc: _Acc, sensors: list[SensorCoverage], threshold: Decimal, pack
         probe_available=probe_available,
         sensors=sensors,
         events_by_sensor={s.sensor_id: s.events for s in sensors},
+        score_basis=basis,
         external_flows=external,
+        proxy_flows=acc.proxy_flows,
         proxy_matched_flows=matched,
         proxy_matched_share=matched_share,
         matched_method=method,
@@ -1912,6 +1952,19 @@ def _coverage(acc: _Acc, sensors: list[SensorCoverage], threshold: Decimal, pack
         gaps=gaps,
         statements=statements,
     )
+
+
+def _score_basis(inspected: Share | None, matched: Share | None, *, probe_available: bool, proxy_available: bool) -> str:
+    """Which measure the coverage score is, in words: the lower of the two, or the only one measured."""
+    if inspected is None:
+        return "nothing measured"
+    if matched is None:
+        why = ("without probe events" if not probe_available else "without proxy events" if not proxy_available
+               else "measured, as the probe saw no external pod flow")
+        return f"inspected evidence only; no proxy match {why}"
+    lower = "proxy match" if Decimal(matched.numerator) * inspected.denominator < Decimal(inspected.numerator) * matched.denominator \
+        else "inspected evidence"
+    return f"{lower}, the lower of proxy match and inspected evidence"
 
 
 def _contract_text(pack: Pack, ref: str) -> str:
@@ -1954,31 +2007,10 @@ def _contract(
             MetadataKindLine(
                 id=spec.id, description=spec.description, contract=_contract_text(pack, spec.contract),
                 status="pass" if k.count else "not-seen", count=k.count,
-                routes=sorted(k.routes), field_paths=sorted(k.field_paths),
+                routes=sorted(k.routes), field_paths=sorted({path for route in k.routes for path in kind_paths(route, spec.id)}),
             )
         )
-    uninspected = coverage.bodies_seen - coverage.bodies_inspected + coverage.tls_not_opened
-    classes = []
-    for spec in pack.forbidden_classes:
-        count = acc.forbidden_counts.get(spec.id, 0)
-        ids = acc.forbidden.get(spec.id, [])
-        status: LineStatus
-        if count:
-            status, statement = "fail", f"Seen in {_count(count, 'event', 'events')} leaving the cluster."
-        elif not coverage.proxy_available:
-            status, statement = "unverified", "Not verifiable: no request content was inspected (no proxy events)."
-        elif uninspected:
-            status, statement = "unverified", f"None seen in {coverage.bodies_inspected} inspected bodies; {uninspected} bodies or connections could not be inspected."
-        else:
-            status, statement = "pass", f"None seen in {coverage.bodies_inspected} inspected bodies."
-        classes.append(
-            ForbiddenClassLine(
-                id=spec.id, description=spec.description, contract=_contract_text(pack, spec.contract),
-                labels=list(spec.labels), status=status, count=count, statement=statement,
-                finding_ids=sorted({event_to_finding[i] for i in ids if i in event_to_finding}),
-                event_ids=list(ids),
-            )
-        )
+    classes = [_forbidden_line(acc, pack, spec, coverage, event_to_finding) for spec in pack.forbidden_classes]
     if acc.inbound:
         inbound = InboundLine(status="fail", count=acc.inbound, statement=f"{_count(acc.inbound, 'connection was', 'connections were')} opened from outside the cluster.",
                               finding_ids=sorted({event_to_finding[i] for i in acc.inbound_ids if i in event_to_finding}),
@@ -1991,6 +2023,48 @@ def _contract(
                               statement="Not verifiable: only the probe sees inbound connections, and there are no probe events.",
                               finding_ids=[], event_ids=[])
     return Contract(endpoints=endpoints, metadata_kinds=kinds, forbidden_classes=classes, inbound=inbound, login_registries=sorted(acc.login_registries))
+
+
+def _forbidden_line(
+    acc: _Acc, pack: Pack, spec: ForbiddenClassSpec, coverage: CoverageReport, event_to_finding: dict[str, str]
+) -> ForbiddenClassLine:
+    """A class fails only where it went somewhere the contract does not allow (a
+    violation). Where the policy could not decide the destination (unverified), the line
+    cannot pass either. Taken where the contract allows it (the customer's own bucket),
+    it is kept, as the contract wants, and the line says where."""
+    violations = acc.forbidden_counts.get((spec.id, "violation"), 0)
+    undecided = acc.forbidden_counts.get((spec.id, "unverified"), 0)
+    kept = acc.forbidden_counts.get((spec.id, "allowed"), 0)
+    where = sorted(acc.kept_where.get(spec.id, ()))
+    ids = acc.forbidden.get(spec.id, [])
+    uninspected = coverage.bodies_seen - coverage.bodies_inspected + coverage.tls_not_opened
+    status: LineStatus
+    if violations:
+        status = "fail"
+        statement = f"Sent where the contract does not allow it in {_count(violations, 'event', 'events')}."
+        if undecided:
+            statement += f" {_count(undecided, 'more event', 'more events')} went where the policy could not decide."
+    elif undecided:
+        status = "unverified"
+        statement = (f"Seen in {_count(undecided, 'event', 'events')} whose destination the policy could not decide "
+                     "(unverified): never counted as kept.")
+    elif not coverage.proxy_available:
+        status, statement = "unverified", "Not verifiable: no request content was inspected (no proxy events)."
+    elif uninspected:
+        status = "unverified"
+        statement = (f"Never seen going where the contract does not allow it in {coverage.bodies_inspected} inspected bodies; "
+                     f"{uninspected} bodies or connections could not be inspected.")
+    else:
+        status = "pass"
+        statement = f"Never seen going where the contract does not allow it in {coverage.bodies_inspected} inspected bodies."
+    if kept:
+        statement += f" Kept where the contract allows it: {_count(kept, 'event', 'events')}, to {'; '.join(where)}."
+    return ForbiddenClassLine(
+        id=spec.id, description=spec.description, contract=_contract_text(pack, spec.contract),
+        labels=list(spec.labels), status=status, count=violations, unverified=undecided, kept=kept, kept_where=where,
+        statement=statement, finding_ids=sorted({event_to_finding[i] for i in ids if i in event_to_finding}),
+        event_ids=list(ids),
+    )
 
 
 def _host_in(patterns: list[str], destination: str) -> bool:
@@ -2118,7 +2192,7 @@ def _verdict(acc: _Acc, findings: list[FindingEntry], coverage: CoverageReport, 
         caveat = f" ({unverified:,} events could not be inspected and are listed as unverified, never as clean)" if unverified else ""
         reasons = [
             f"No violation in {acc.traffic:,} traffic events from {len(acc.sensors)} sensors; coverage "
-            f"{coverage.score.percent if coverage.score else ''} meets the required {coverage.threshold_percent}{caveat}; "
+            f"{coverage.score.percent if coverage.score else ''} ({coverage.score_basis}) meets the required {coverage.threshold_percent}{caveat}; "
             "every hash chain verifies."
         ]
     return Verdict(status=status, reason=reasons[0], reasons=reasons, exit_code=EXIT_CODES[status])

@@ -14,7 +14,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from auditor.model import SEVERITY_ORDER, Decision, EgressEvent, Finding, Likelihood, PayloadInfo
+from auditor.model import SEVERITY_ORDER, Decision, Destination, EgressEvent, Finding, Likelihood, PayloadInfo
 from auditor.rules.hosts import MAX_HOST, normalise_host, split_host_port
 from auditor.rules.match import ACTION_RANK, Hit, Request, check_path, judge_name, name_info, normalise_path
 from auditor.rules.pack import Endpoint, Pack, Rule
@@ -303,8 +303,24 @@ def judge(events: Iterable[EgressEvent], pack: Pack) -> Iterator[EgressEvent]:
         yield event
 
 
+def fronting_note(d: Destination) -> str | None:
+    """`SNI a, Host b` when the TLS server name or the Host header names another host than
+    the one the client asked for: domain fronting hides the real destination behind an
+    allowed name, so wherever a destination is named, both must show."""
+    target = d.host or d.sni or d.http_host
+    if not target:
+        return None
+    first = normalise_host(split_host_port(target)[0])
+    named = [(what, normalise_host(split_host_port(raw)[0])) for what, raw in (("SNI", d.sni), ("Host", d.http_host)) if raw]
+    named = [(what, name) for what, name in named if name]
+    if all(name == first for _, name in named):
+        return None
+    return ", ".join(f"{what} {name}" for what, name in named)
+
+
 def destination_label(event: EgressEvent) -> str:
-    """How a finding names where traffic went: host:port, plus the bucket for object storage."""
+    """How a finding names where traffic went: host:port, plus the bucket for object
+    storage, plus the SNI and Host header when they disagree (`fronting_note`)."""
     d = event.destination
     if event.flow is not None and event.flow.direction == "inbound":
         return f"inbound from {event.source.ip or 'unknown'} to {d.ip or d.host or 'cluster'}:{d.port or '?'}"
@@ -325,7 +341,8 @@ def destination_label(event: EgressEvent) -> str:
             bucket = bucket_of(info, normalise_path(event.http.path))
             if bucket and bucket != info.host_bucket:
                 label += f"/{bucket}"
-    return label
+    note = fronting_note(d)
+    return f"{label} ({note})" if note else label
 
 
 def _source_label(event: EgressEvent) -> str | None:

@@ -42,8 +42,7 @@ def api(seconds: float, method: str, path: str, *, src: Source = AGENT, payload:
 
 
 def metadata(kinds: list[str], route: str) -> PayloadInfo:
-    return PayloadInfo(sha256="0" * 64, size=42, labels=["metadata"], metadata_kinds=kinds, inspected=True, route=route,
-                       findings=[DetectorFinding(detector="schema", label="metadata", field_path="status", excerpt="a*****")])
+    return PayloadInfo(sha256="0" * 64, size=42, labels=["metadata"], metadata_kinds=kinds, inspected=True, route=route)
 
 
 def flow(seconds: float, src: Source, ip: str, sni: str | None, *, observations: list[str] | None = None,

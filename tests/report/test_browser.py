@@ -9,17 +9,16 @@ import html
 import os
 import re
 import shutil
-import subprocess
 from html.parser import HTMLParser
 from pathlib import Path
 
+from chromium import chromium
 from report_events import WORKER, api, at, flow, leak_events
 
 from auditor.model import DetectorFinding, PayloadInfo
 from auditor.report.bundle import make_report
 from auditor.rules import Pack
 
-CHROMIUM = "/usr/bin/chromium"
 SCRIPT = "<script>document.title='PWNED-SCRIPT'</script>"
 IMG = "\"><img src=x onerror=\"document.title='PWNED-IMG'\">"
 JS_URL = "javascript:document.title='PWNED-URL'"
@@ -62,16 +61,6 @@ def _hostile_events() -> list:
     return events
 
 
-def _chromium(tmp_path: Path, url: str, *extra: str) -> subprocess.CompletedProcess[str]:
-    profile = tmp_path / f"chromium-profile-{len(extra)}"
-    args = [
-        CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync",
-        f"--user-data-dir={profile}", "--window-size=1280,2400", "--virtual-time-budget=2000", *extra, url,
-    ]
-    return subprocess.run(args, capture_output=True, text=True, timeout=120)
-
-
 def test_hostile_strings_stay_text_in_a_real_browser(make_store, pack: Pack, tmp_path: Path) -> None:
     out = tmp_path / "bundle"
     make_report(str(make_store(_hostile_events())), out, pack, formats=["html"])
@@ -85,7 +74,7 @@ def test_hostile_strings_stay_text_in_a_real_browser(make_store, pack: Pack, tmp
     assert not re.search(r"\b(?:src|href)=\"(?!#)", source), "the report must fetch nothing and link only within itself"
     assert "&lt;script&gt;document.title=&#39;PWNED-SCRIPT&#39;&lt;/script&gt;" in source
 
-    dom = _chromium(tmp_path, page.as_uri(), "--dump-dom")
+    dom = chromium(tmp_path, page.as_uri(), "--dump-dom")
     assert dom.returncode == 0, dom.stderr[-2000:]
     text = dom.stdout
     title = re.search(r"<title>(.*?)</title>", text, re.S)
@@ -101,7 +90,7 @@ def test_hostile_strings_stay_text_in_a_real_browser(make_store, pack: Pack, tmp
     assert "javascript:document.title='PWNED-URL'" in text
 
     shot = tmp_path / "report.png"
-    taken = _chromium(tmp_path, page.as_uri(), f"--screenshot={shot}")
+    taken = chromium(tmp_path, page.as_uri(), f"--screenshot={shot}")
     assert taken.returncode == 0, taken.stderr[-2000:]
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 20_000
     ARTIFACT_DIR.mkdir(parents=True, exist_ok=True)
