@@ -188,3 +188,24 @@ def test_every_metadata_kind_seen_lists_the_field_paths_that_carry_it(clean: Dem
     assert all(not line["field_paths"] for line in kinds.values() if line["status"] == "not-seen")
     page = dom(tmp_path, clean.report.files["html"])
     assert "<code>body.uid</code>" in _row(page, "model-id")
+
+
+def test_addresses_in_the_reached_by_columns_are_not_broken_across_lines(leaky: DemoResult, tmp_path: Path) -> None:
+    """`127 / .0. / 2.1 / 0` in a narrow column reads as four values: Chromium lays the page
+    out, and a script added to a copy (the report itself allows none) counts each
+    address's lines."""
+    html = result_html = leaky.report.files["html"].read_text()
+    html = re.sub(r'<meta http-equiv="Content-Security-Policy"[^>]*>', "", html)
+    probe = (
+        "<script>addEventListener('load', () => { const cells = [...document.querySelectorAll('td.who code')];"
+        " document.body.dataset.addresses = cells.length;"
+        " document.body.dataset.broken = cells.filter(c => c.getClientRects().length > 1).map(c => c.textContent).join(' | '); });</script>"
+    )
+    page = tmp_path / "measured.html"
+    page.write_text(html.replace("</body>", probe + "</body>"))
+    built = dom(tmp_path, page)
+    addresses = re.search(r'data-addresses="(\d+)"', built)
+    broken = re.search(r'data-broken="([^"]*)"', built)
+    assert addresses is not None and broken is not None, "the measuring script did not run"
+    assert int(addresses.group(1)) >= 3 and "127.0.2.10" in result_html
+    assert broken.group(1) == ""
