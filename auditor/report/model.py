@@ -38,7 +38,7 @@ from auditor.classify.routes import kind_paths
 from auditor.model import PROBE_PREFIX, SEVERITY_ORDER, EgressEvent, Finding, Likelihood, LikelihoodName, Severity
 from auditor.probe.coverage import ProxyIndex, ProxyKey, flow_keys, flow_window, is_external_flow, is_proxy_record, proxy_keys, timestamp_us
 from auditor.redact import redact_query, redact_text
-from auditor.rules import Pack, destination_label, evaluate, group_findings, judge
+from auditor.rules import Pack, destination_label, evaluate, group_findings, judge, registry
 from auditor.rules.policy import fronting_note
 from auditor.rules.spec import ForbiddenClassSpec
 from auditor.store.base import ChainHead, Store, VerifyResult, open_store, redact_url
@@ -235,6 +235,7 @@ class Contract(_Doc):
     forbidden_classes: list[ForbiddenClassLine]
     inbound: InboundLine
     login_registries: list[str] = Field(default_factory=list)  # what get_login answers named: pulls are checked against it
+    login_answers_unread: int = 0  # successful get_login answers from which no registry could be read
 
 
 class FindingEntry(_Doc):
@@ -449,6 +450,7 @@ class _Acc:
     internal: dict[tuple[str | None, str], bool] = field(default_factory=dict)
     who: dict[tuple[str | None, str | None, str | None, str | None], str] = field(default_factory=dict)
     login_registries: set[str] = field(default_factory=set)
+    login_answers_unread: int = 0
 
 
 _ACTION_CODE = {"allowed": 0, "violation": 1, "unverified": 2}
@@ -754,7 +756,7 @@ def _build_report(store: Store, pack: Pack, params: ReportParams, *, fast: bool)
         timeline=_timeline(acc, window_start, window_end),
         integrity=integrity,
         control_frameworks={k: list(v) for k, v in CONTROL_FRAMEWORKS.items()},
-        limitations=_limitations(coverage),
+        limitations=_limitations(coverage, contract),
     )
 
 
@@ -906,6 +908,7 @@ class _Profile:
     rule_id: str | None  # what the destination's sample of rule ids gains from it
     samples: tuple[tuple[str, str], ...]  # (metadata kind, route) it offers
     login_registry: str | None  # the registry a get_login answer named
+    login_unread: bool  # an allowed, successful get_login answer that named no registry the proxy could read
     index: int = 0
     n: int = 0
     up: int = 0
@@ -1000,6 +1003,8 @@ def _profile_of(acc: _Acc, event: EgressEvent, judging: _Judging) -> _Profile:
         rule_id=decision.rule_id if decision is not None and dest_acc is not None else None,
         samples=samples,
         login_registry=_clean(event.http.login_registry, 253) if action == "allowed" and event.http is not None and event.http.login_registry else None,
+        login_unread=action == "allowed" and event.http is not None and not event.http.login_registry and event.http.status == 200
+        and registry.is_get_login(event.http.method, event.http.path),
     )
 
 
@@ -1094,6 +1099,8 @@ def _fold(acc: _Acc, p: _Profile, sensor_id: str, kind: str) -> None:
         acc.forbidden_counts[class_id, p.action] += n
     for class_id in p.kept:
         acc.forbidden_counts[class_id, "allowed"] += n
+    if p.login_unread:
+        acc.login_answers_unread += n
 
 
 class _RawSource(msgspec.Struct, forbid_unknown_fields=True):
@@ -1188,6 +1195,7 @@ def _profile_key(e: _RawEvent) -> tuple[Any, ...]:
         None if h is None else (
             h.method, h.scheme, h.path, h.content_type, h.content_encoding, h.alpn,
             p is None and bool(h.request_bytes_decoded or h.request_bytes_wire), h.login_registry,
+            bytes(h.status) if h.path == registry.GET_LOGIN_PATH else None,  # whether an answer that named nothing was one
         ),
         None if f is None else (direction, f.tcp_state, f.resolved_name, f.cname_chain, f.first_seen is None),
         bytes(e.dns),
@@ -2022,7 +2030,8 @@ def _contract(
         inbound = InboundLine(status="unverified", count=0,
                               statement="Not verifiable: only the probe sees inbound connections, and there are no probe events.",
                               finding_ids=[], event_ids=[])
-    return Contract(endpoints=endpoints, metadata_kinds=kinds, forbidden_classes=classes, inbound=inbound, login_registries=sorted(acc.login_registries))
+    return Contract(endpoints=endpoints, metadata_kinds=kinds, forbidden_classes=classes, inbound=inbound, login_registries=sorted(acc.login_registries),
+                    login_answers_unread=acc.login_answers_unread)
 
 
 def _forbidden_line(
@@ -2198,7 +2207,7 @@ def _verdict(acc: _Acc, findings: list[FindingEntry], coverage: CoverageReport, 
     return Verdict(status=status, reason=reasons[0], reasons=reasons, exit_code=EXIT_CODES[status])
 
 
-def _limitations(coverage: CoverageReport) -> list[str]:
+def _limitations(coverage: CoverageReport, contract: Contract) -> list[str]:
     out = [
         "The proxy judges only traffic sent through it; the probe sees traffic that goes around it as flows, DNS answers and TLS server names, never content.",
         "Connections whose TLS the proxy could not open (pinned certificates, passthrough hosts, clients that reject the proxy CA) are judged by destination only and counted as unverified, never as clean.",
@@ -2209,6 +2218,8 @@ def _limitations(coverage: CoverageReport) -> list[str]:
         "Event times come from the sensors' clocks.",
         "The report holds digests, sizes, labels, field paths and redacted excerpts, never raw payloads; secrets are redacted.",
     ]
+    if contract.login_answers_unread and not contract.login_registries:
+        out.insert(0, "No registry could be read from the agent's get_login answers: image pulls were checked against the rule pack's registry only.")
     if not coverage.probe_available:
         out.insert(0, "No probe evidence: bypass of the proxy, DNS tunnelling and inbound connections could not be observed in this window.")
     if not coverage.proxy_available:

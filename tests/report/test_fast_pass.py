@@ -82,8 +82,11 @@ def mixed_events(n: int, seed: int) -> list[EgressEvent]:
                     src=src, payload=payload, host=host, ip=rnd.choice([API_IP, "198.51.100.9", None]) or API_IP,
                     sensor=rnd.choice(["proxy-a", "proxy-b"]), size=rnd.choice([0, 42, 900]))
             e.http = e.http.model_copy(update={"query": f"uid=m_{i}&token=s3cret{i}"}) if e.http else None
-            if e.http is not None and i % 11 == 0:  # a get_login answer, naming one of two registries
-                e.http = e.http.model_copy(update={"path": "/opt/containers/get_login", "login_registry": f"r{i % 2}.dkr.example"})
+            if e.http is not None and i % 11 == 0:  # a get_login answer, naming one of two registries, or none it could read
+                e.http = e.http.model_copy(update={
+                    "method": "GET", "path": "/opt/containers/get_login", "login_registry": f"r{i % 2}.dkr.example" if i % 3 else None,
+                    "status": rnd.choice([200, 200, 500]),
+                })
             if rnd.random() < 0.2:
                 e.destination = e.destination.model_copy(update={"ip": None})
         elif choice < 7:
@@ -110,6 +113,12 @@ def mixed_events(n: int, seed: int) -> list[EgressEvent]:
         if rnd.random() < 0.02:
             e.flow = FlowInfo(direction="egress", bytes_up=1, first_seen=e.time, last_seen=e.time + timedelta(seconds=2))
         out.append(e)
+        if i % 7 == 0:  # the agent's get_login: answered or not, naming a registry or none that could be read
+            login = api(t, "GET", "/opt/containers/get_login", src=AGENT, sensor="proxy-a")
+            assert login.http is not None
+            login.http.status = rnd.choice([200, 500])
+            login.http.login_registry = rnd.choice([None, None, "r0.dkr.example"])
+            out.append(login)
     out += [lifecycle("proxy-a", "gap", 3), lifecycle("probe-node-b", "drop", 4, dropped=3)]
     out.sort(key=lambda e: e.time)
     return out

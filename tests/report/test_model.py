@@ -8,7 +8,7 @@ from pathlib import Path
 
 from report_events import AGENT, API_IP, WORKER, api, at, clean_events, flow, leak_events, lifecycle
 
-from auditor.model import PayloadInfo
+from auditor.model import EgressEvent, PayloadInfo
 from auditor.report.model import ReportDoc, ReportParams, build_report
 from auditor.store.base import redact_url
 from auditor.rules import Pack
@@ -62,6 +62,31 @@ def test_the_registry_get_login_named_is_stated_or_its_absence_is(make_store, pa
     doc = _report(make_store([*events[:3], login, *events[3:]]), pack)
     assert doc.contract.login_registries == ["074762682575.dkr.ecr.us-west-2.amazonaws.com"]
     assert "get_login answers: <code>074762682575.dkr.ecr.us-west-2.amazonaws.com</code>" in render_html(doc)
+    assert doc.contract.login_answers_unread == 0 and "could read" not in render_html(doc)
+
+
+def test_get_login_answers_no_registry_could_be_read_from_are_told_apart_from_none(make_store, pack: Pack) -> None:
+    """The vendor changing the answer's format must not read as 'no answer': the check
+    against the named registry silently stopped, and the report says so."""
+    from auditor.report.render_html import render_html
+
+    def answer(t: int, status: int, named: str | None) -> EgressEvent:
+        e = api(t, "GET", "/opt/containers/get_login")
+        assert e.http is not None
+        e.http.status, e.http.login_registry = status, named
+        return e
+
+    events = clean_events()
+    failed = _report(make_store([*events, answer(2, 500, None)], "failed.db"), pack)  # an error answer names nothing, and is not unread
+    assert failed.contract.login_answers_unread == 0 and "No get_login answer was recorded" in render_html(failed)
+    unread = _report(make_store([*events, answer(2, 200, None), answer(3, 200, None)], "unread.db"), pack)
+    assert unread.contract.login_answers_unread == 2 and unread.contract.login_registries == []
+    assert "2 successful get_login answers were recorded, but none named a registry the proxy could read" in render_html(unread)
+    assert any("No registry could be read from the agent's get_login answers" in line for line in unread.limitations)
+    mixed = _report(make_store([*events, answer(2, 200, None), answer(3, 200, "074762682575.dkr.ecr.us-west-2.amazonaws.com")], "mixed.db"), pack)
+    assert mixed.contract.login_answers_unread == 1 and mixed.contract.login_registries == ["074762682575.dkr.ecr.us-west-2.amazonaws.com"]
+    assert "1 other successful answer named no registry the proxy could read" in render_html(mixed)
+    assert not any("get_login" in line for line in mixed.limitations)
 
 
 def test_violating_store_fails_and_names_the_leak(make_store, pack: Pack) -> None:
