@@ -39,13 +39,13 @@ def ingest(
     events_file: Annotated[Path, typer.Argument(help="JSON lines, one EgressEvent per line.")],
     store: StoreOpt,
 ) -> None:
-    """Append events from a JSONL file to the store; every bad line is reported, none stops the rest."""
+    """Append events from a JSONL file to the store; every bad line is reported, none stops the rest; events already stored (same id) are skipped."""
     from auditor.ingest import ingest_jsonl
 
     result = ingest_jsonl(events_file, store)
     for problem in result.problems:
-        err.print(f"[yellow]{problem}[/]", highlight=False)
-    console.print(f"ingested {result.ingested} events, rejected {result.rejected} lines from {events_file}")
+        err.print(problem, style="yellow", highlight=False, markup=False)
+    console.print(result.summary(events_file), highlight=False, markup=False, soft_wrap=True)
     if result.rejected:
         raise typer.Exit(3)
 
@@ -163,8 +163,8 @@ def monitor(
     pack: Annotated[Optional[Path], typer.Option("--pack", help="Rule pack (default: the shipped Gretel Hybrid pack).")] = None,
     overlay: Annotated[Optional[list[Path]], typer.Option("--overlay", help="Site overlay; repeatable.")] = None,
     metrics_listen: Annotated[Optional[str], typer.Option("--metrics-listen", help="HOST:PORT for Prometheus /metrics.")] = None,
-    webhook: Annotated[Optional[str], typer.Option("--webhook", help="POST each alert here (retried with backoff).")] = None,
-    report_every: Annotated[Optional[float], typer.Option("--report-every", help="Seconds between rolling reports.")] = None,
+    webhook: Annotated[Optional[str], typer.Option("--webhook", help="POST each alert here (retried with backoff; undelivered alerts are raised again after a restart).")] = None,
+    report_every: Annotated[Optional[float], typer.Option("--report-every", help="Seconds between rolling reports, more than 0 (default: none).")] = None,
     out: Annotated[Path, typer.Option("--out", help="Where rolling reports go.")] = Path("auditor-monitor"),
     window: Annotated[Optional[float], typer.Option("--window", help="Seconds of history in each rolling report (default: all).")] = None,
     sign: Annotated[Optional[Path], typer.Option("--sign", help="Ed25519 private key to sign rolling reports.")] = None,
@@ -192,7 +192,8 @@ def monitor(
         sign_key=sign, duration=duration, proxy_listen=proxy_listen, proxy_mode=mode, proxy_confdir=confdir,  # type: ignore[arg-type]
         iface=iface, pack_path=pack, overlays=overlay or [],
     )
-    run_monitor(config, loaded, stop, on_report=lambda d, status: err.print(f"rolling report {status}: {d}", highlight=False))
+    run_monitor(config, loaded, stop, on_report=lambda d, status: err.print(f"rolling report {status}: {d}", highlight=False),
+                log=lambda line: err.print(line, highlight=False, markup=False))
 
 
 PackOpt = Annotated[Optional[Path], typer.Option("--pack", help="Rule pack (default: the shipped Gretel Hybrid pack).")]
@@ -209,16 +210,18 @@ def check(
     since: Annotated[Optional[datetime], TimeOpt] = None,
     until: Annotated[Optional[datetime], TimeOpt] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Machine output.")] = False,
+    record: Annotated[Optional[bool], typer.Option("--record/--no-record", help="Chain new findings under `check` (default), or open the store read-only and write nothing. A signed report bundle's evidence.db is always only read.")] = None,
 ) -> None:
     """Judge the store against the pack; exit 0 pass, 1 violations, 2 unverified only."""
-    from auditor.check import run_check
+    from auditor.check import check_store
     from auditor.ingest import ingest_jsonl
     from auditor.rules import load_pack
-    from auditor.store.base import open_store
     from auditor.views import findings_table
 
     if store is None and events is None:
         raise AuditorError("no evidence to check", fix="pass --store FILE, or --events FILE.jsonl")
+    if store is not None and events is not None and record is False:
+        raise AuditorError("--no-record writes nothing to --store, but --events would ingest into it", fix="drop --store to check the events in a temporary store, or drop --no-record")
     loaded = load_pack(pack, overlay or [])
     with tempfile.TemporaryDirectory(prefix="auditor-check-") as tmp:
         url = store or str(Path(tmp) / "evidence.db")
@@ -227,12 +230,8 @@ def check(
             for problem in ingested.problems:
                 err.print(problem, highlight=False, markup=False)
             if not as_json:
-                console.print(f"ingested {ingested.ingested} events, rejected {ingested.rejected} lines from {events}")
-        st = open_store(url, create=events is not None)
-        try:
-            result = run_check(st, loaded, since=_utc(since), until=_utc(until))
-        finally:
-            st.close()
+                console.print(ingested.summary(events), highlight=False, markup=False, soft_wrap=True)
+        result = check_store(url, loaded, since=_utc(since), until=_utc(until), record=record, create=events is not None)
     if as_json:
         console.print_json(result.model_dump_json())
     else:
@@ -242,6 +241,10 @@ def check(
         counts = ", ".join(f"{n} {a}" for a, n in sorted(result.actions.items())) or "no judged events"
         verdict = {0: "[green]PASS[/]", 1: "[red]FAIL[/]", 2: "[yellow]INCONCLUSIVE[/]"}[result.exit_code]
         console.print(f"{verdict}: {result.events} events ({counts}); {len(result.findings)} findings")
+        if result.not_recorded:
+            console.print(f"not recorded: {result.not_recorded}", style="dim", highlight=False, markup=False, soft_wrap=True)
+        elif store is not None and result.findings:
+            console.print(f"chained {result.recorded} new findings under `check`; {result.unchanged} already there unchanged", style="dim", highlight=False, markup=False)
     raise typer.Exit(result.exit_code)
 
 
@@ -381,7 +384,9 @@ def report(
     """Write the attestation report; exit 0 PASS, 1 FAIL, 2 INCONCLUSIVE."""
     from auditor.report.bundle import make_report, parse_formats, parse_min_coverage
     from auditor.rules import load_pack
+    from auditor.store.base import open_store
 
+    open_store(store, create=False).close()  # a store that is missing or not a store is refused before --out is made
     outcome = make_report(
         store, out, load_pack(pack, overlay or []),
         formats=parse_formats(fmt, sign is not None), since=_utc(since), until=_utc(until),
@@ -545,11 +550,12 @@ def store_copy(
 def store_retain(
     store: StoreOpt,
     before: Annotated[datetime, typer.Option("--before", help="Remove records older than this (UTC).", formats=["%Y-%m-%dT%H:%M:%S%z", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d"])],
+    force: Annotated[bool, typer.Option("--force", help="Accept a --before in the future: every record written so far goes.")] = False,
 ) -> None:
     """Remove each chain's records older than --before and chain what was removed, so verify still passes."""
     from auditor.store.ops import retain_store
 
-    result = retain_store(store, _utc(before))  # type: ignore[arg-type]
+    result = retain_store(store, _utc(before), force=force)  # type: ignore[arg-type]
     for sensor_id, prefix in sorted(result.chains.items()):
         console.print(f"chain {sensor_id}: removed {prefix.removed} records, now starts after #{prefix.through_seq} {prefix.last_hash[:16]}…", highlight=False, soft_wrap=True)
     if result.record_seq is None:

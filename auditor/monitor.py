@@ -3,8 +3,9 @@ and destination, expose Prometheus metrics.
 
 The watcher reads only the store, so it sees the same evidence whether the
 sensors run in this process, on other nodes, or were restarted in between. Alerts
-are chained into the store as findings of the `monitor` judge; after a restart
-they are read back, so nothing is alerted twice and nothing is forgotten.
+are chained into the store as findings of the `monitor` judge once delivered (to the
+webhook, when there is one); after a restart they are read back, so nothing
+delivered is alerted twice and nothing undelivered is forgotten.
 """
 
 from __future__ import annotations
@@ -16,22 +17,25 @@ import sys
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Literal, TextIO
+from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
 from pydantic import BaseModel, Field
 
+from auditor.errors import AuditorError
 from auditor.model import EgressEvent, Finding
 from auditor.rules import Pack, group_findings, judge
 from auditor.probe.engine import ProbeConfig
 from auditor.probe.runner import config_from_pack
 from auditor.proxy.runner import ProxyConfig
 from auditor.sensors import ProbeThread, ProxyThread
-from auditor.store.base import Store, open_store
+from auditor.store.base import Store, open_store, redact_url, sqlite_path
 
 MONITOR_SENSOR = "monitor"
 
@@ -73,9 +77,44 @@ class Metrics:
         self.coverage.set(self._verified / self._judged)
 
 
+class WarningThrottle:
+    """At most one warning line per `interval` seconds: a receiver that is down fails
+    every alert, and one line a minute says so without burying everything else; the
+    lines held back are counted into the next one."""
+
+    def __init__(self, say: Callable[[str], None], interval: float = 60.0) -> None:
+        self.say = say
+        self.interval = interval
+        self._last: float | None = None
+        self._held = 0
+        self._lock = threading.Lock()
+
+    def warn(self, message: str) -> None:
+        with self._lock:
+            now = time.monotonic()
+            if self._last is not None and now - self._last < self.interval:
+                self._held += 1
+                return
+            held, self._held, self._last = self._held, 0, now
+        self.say(message + (f" ({held} more like it since the last warning)" if held else ""))
+
+
+def webhook_label(url: str) -> str:
+    """The receiver as it may be printed: scheme, host and port only, since a webhook's
+    path or query often carries its secret token."""
+    parts = urllib.parse.urlsplit(url)
+    port = f":{parts.port}" if parts.port else ""
+    return f"{parts.scheme}://{parts.hostname}{port}"
+
+
 class AlertSink:
     """JSON lines on a stream, and optionally a webhook POST with retry and backoff,
-    sent from its own thread so a slow receiver never stalls the watcher."""
+    sent from its own thread so a slow receiver never stalls the watcher.
+
+    An alert the receiver did not take after `retries` is tried again every
+    `retry_every` seconds while the sink runs (unless the receiver refused it with a
+    4xx); `on_delivered` hears of each one it took, `on_failure` of each round that
+    failed, so the caller can record only what was delivered."""
 
     def __init__(
         self,
@@ -85,15 +124,20 @@ class AlertSink:
         retries: int = 5,
         backoff: float = 0.5,
         max_backoff: float = 30.0,
+        retry_every: float = 60.0,
         on_failure: Callable[[dict, str], None] | None = None,
+        on_delivered: Callable[[dict], None] | None = None,
     ) -> None:
         self.stream = stream or sys.stdout
         self.webhook = webhook
         self.retries = retries
         self.backoff = backoff
         self.max_backoff = max_backoff
+        self.retry_every = retry_every
         self.on_failure = on_failure
+        self.on_delivered = on_delivered
         self._queue: queue.Queue[dict | None] = queue.Queue(maxsize=10_000)
+        self._closing = threading.Event()
         self._thread: threading.Thread | None = None
         if webhook:
             self._thread = threading.Thread(target=self._deliver_loop, name="alert-webhook", daemon=True)
@@ -107,40 +151,73 @@ class AlertSink:
                 self._queue.put_nowait(alert)
             except queue.Full:
                 if self.on_failure:
-                    self.on_failure(alert, "webhook queue full")
+                    self.on_failure(alert, "not sent: the webhook queue is full")
 
     def close(self, timeout: float = 10.0) -> None:
+        """Deliver what is queued, one attempt each (no more backoff), within `timeout`."""
         if self._thread:
+            self._closing.set()
             self._queue.put(None)
             self._thread.join(timeout)
 
     def _deliver_loop(self) -> None:
-        while (alert := self._queue.get()) is not None:
-            self._deliver(alert)
+        held: list[dict] = []  # failed alerts, tried again when `due`
+        due = 0.0
+        while True:
+            try:
+                alert = self._queue.get(timeout=max(0.0, due - time.monotonic()) if held else None)
+            except queue.Empty:
+                batch, held = held, []
+                for old in batch:
+                    self._attempt(old, held)
+                due = time.monotonic() + self.retry_every
+                continue
+            if alert is None:
+                return
+            if not held:
+                due = time.monotonic() + self.retry_every
+            self._attempt(alert, held)
 
-    def _deliver(self, alert: dict) -> None:
+    def _attempt(self, alert: dict, held: list[dict]) -> None:
+        delivered, retry, why = self._deliver(alert)
+        if delivered:
+            if self.on_delivered:
+                self.on_delivered(alert)
+            return
+        if retry and not self._closing.is_set():
+            held.append(alert)
+            why += f"; tried again in {self.retry_every:g} s"
+        if self.on_failure:
+            self.on_failure(alert, why)
+
+    def _deliver(self, alert: dict) -> tuple[bool, bool, str]:
+        """(delivered, worth another round, why not)."""
         body = json.dumps(alert, sort_keys=True).encode()
         delay = self.backoff
         last = ""
+        attempts = 0
         for _ in range(self.retries + 1):
+            attempts += 1
             req = urllib.request.Request(
                 self.webhook or "", data=body, method="POST", headers={"Content-Type": "application/json"}
             )
             try:
                 with urllib.request.urlopen(req, timeout=10) as resp:  # noqa: S310 - operator-configured URL
                     if 200 <= resp.status < 300:
-                        return
+                        return True, False, ""
                     last = f"HTTP {resp.status}"
             except urllib.error.HTTPError as exc:
                 last = f"HTTP {exc.code}"
                 if 400 <= exc.code < 500 and exc.code not in (408, 429):
-                    break  # the receiver refuses this alert; retrying will not change its mind
-            except (urllib.error.URLError, OSError) as exc:
-                last = str(exc)
-            time.sleep(delay)
+                    return False, False, f"refused with {last}"  # retrying will not change the receiver's mind
+            except urllib.error.URLError as exc:
+                last = str(exc.reason)
+            except OSError as exc:
+                last = str(exc) or type(exc).__name__
+            if self._closing.wait(delay):
+                break
             delay = min(delay * 2, self.max_backoff)
-        if self.on_failure:
-            self.on_failure(alert, last)
+        return False, True, f"{last} after {attempts} attempt{'s' if attempts > 1 else ''}"
 
 
 def alert_of(finding: Finding) -> dict:
@@ -160,7 +237,11 @@ def alert_of(finding: Finding) -> dict:
 
 
 class Watcher:
-    """One pass at a time over what is new in the store."""
+    """One pass at a time over what is new in the store.
+
+    An alert is chained (a finding of the `monitor` judge) once every channel took it:
+    at once when it only goes to the stream, on delivery when there is a webhook. One
+    the webhook never took is therefore raised again after a restart, not forgotten."""
 
     def __init__(self, store: Store, pack: Pack, sink: AlertSink, metrics: Metrics) -> None:
         self.store = store
@@ -171,9 +252,30 @@ class Watcher:
         self.alerted: set[tuple[str, str]] = {
             (f.rule_id, f.destination) for f in store.findings(MONITOR_SENSOR)
         }
+        self.undelivered: dict[tuple[str, str], Finding] = {}
+        self._delivered: queue.SimpleQueue[dict] = queue.SimpleQueue()
+
+    def delivered(self, alert: dict) -> None:
+        """The sink's callback (its own thread): chained by the watcher's next pass."""
+        self._delivered.put(alert)
+
+    def record_deliveries(self) -> None:
+        """Chain the alerts the webhook took since the last pass."""
+        done: list[Finding] = []
+        while True:
+            try:
+                alert = self._delivered.get_nowait()
+            except queue.Empty:
+                break
+            finding = self.undelivered.pop((alert["rule"], alert["destination"]), None)
+            if finding is not None:
+                done.append(finding)
+        if done:
+            self.store.append_findings(MONITOR_SENSOR, done)
 
     def poll(self) -> int:
         """Judge new events; alert on new (rule, destination) pairs. Returns how many were read."""
+        self.record_deliveries()
         batch = self.store.events_after(self.cursor)
         if not batch:
             return 0
@@ -192,7 +294,10 @@ class Watcher:
             self.alerted.add(key)
             fresh.append(finding)
         if fresh:
-            self.store.append_findings(MONITOR_SENSOR, fresh)
+            if self.sink.webhook:
+                self.undelivered.update({(f.rule_id, f.destination): f for f in fresh})
+            else:
+                self.store.append_findings(MONITOR_SENSOR, fresh)
             for finding in fresh:
                 self.metrics.alerts.labels(finding.rule_id).inc()
                 self.sink.send(alert_of(finding))
@@ -201,10 +306,22 @@ class Watcher:
         return len(batch)
 
 
-def serve_metrics(metrics: Metrics, listen: str) -> None:
-    """`HOST:PORT` for the Prometheus scrape endpoint (`/metrics`)."""
+def parse_listen(listen: str, option: str = "--metrics-listen") -> tuple[str, int]:
+    """`HOST:PORT` (or `:PORT`, `[::1]:PORT`) as (host, port); anything else is an error of use."""
     host, _, port = listen.rpartition(":")
-    start_http_server(int(port), addr=host.strip("[]") or "127.0.0.1", registry=metrics.registry)
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise AuditorError(f"{option} {listen!r}: the port must be a number from 1 to 65535", fix=f"{option} 127.0.0.1:9464")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+def serve_metrics(metrics: Metrics, listen: str) -> WSGIServer:
+    """`HOST:PORT` for the Prometheus scrape endpoint (`/metrics`); the caller shuts it down."""
+    host, port = parse_listen(listen)
+    try:
+        server, _ = start_http_server(port, addr=host, registry=metrics.registry)
+    except OSError as exc:
+        raise AuditorError(f"--metrics-listen {listen}: cannot listen there ({exc.strerror or exc})", fix="pick a free port on an address of this host") from None
+    return server
 
 
 class MonitorConfig(BaseModel):
@@ -224,6 +341,35 @@ class MonitorConfig(BaseModel):
     iface: str | None = None
     pack_path: Path | None = None
     overlays: list[Path] = Field(default_factory=list)
+    # webhook delivery: attempts with backoff, then another round every `webhook_retry_every` s
+    webhook_retries: int = 5
+    webhook_backoff: float = 0.5
+    webhook_retry_every: float = 60.0
+    warn_every: float = 60.0  # seconds between two warnings of failed deliveries
+
+
+_SECONDS = {"poll_interval": "--poll", "report_every": "--report-every", "report_window": "--window", "duration": "--duration"}
+
+
+def check_config(config: MonitorConfig) -> None:
+    """Errors of use, found before anything starts: a monitor that comes up and then
+    quietly does nothing (no reports, no metrics, no deliveries) is the worst outcome."""
+    for field, option in _SECONDS.items():
+        value = getattr(config, field)
+        if value is not None and not value > 0:
+            raise AuditorError(f"{option} {value:g}: must be a positive number of seconds", fix=f"give {option} more than 0, or leave it out")
+    if config.metrics_listen:
+        parse_listen(config.metrics_listen)
+    if config.webhook:
+        parts = urllib.parse.urlsplit(config.webhook)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise AuditorError(f"--webhook {config.webhook!r} is not an http(s) URL", fix="--webhook https://alerts.example.internal/hook")
+    path = sqlite_path(config.store_url)
+    if path is not None and not path.exists() and not (config.proxy_listen or config.iface):
+        raise AuditorError(
+            "no such evidence store, and this monitor runs no sensor that would write it", file=str(path),
+            fix=f"check the path; to start the monitor before its sensors, create the store first with `auditor store migrate --store {path}`",
+        )
 
 
 def start_sensors(config: MonitorConfig, pack: Pack) -> list[ProxyThread | ProbeThread]:
@@ -256,6 +402,28 @@ def stop_sensors(sensors: list[ProxyThread | ProbeThread]) -> None:
         sensor.stop()
 
 
+def _say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def _started_line(config: MonitorConfig, store: Store) -> str:
+    """What the monitor is doing, once, on stderr: it otherwise says nothing until an alert."""
+    heads = store.chain_heads()
+    held = f"{sum(h.count for h in heads)} records in {len(heads)} chains so far" if heads else "empty so far: waiting for sensors to write"
+    parts = [f"monitor: tailing {redact_url(config.store_url)} ({held})"]
+    if config.proxy_listen:
+        parts.append(f"proxy on {config.proxy_listen}")
+    if config.iface:
+        parts.append(f"probe on {config.iface}")
+    parts.append("alerts on stdout" + (f" and to {webhook_label(config.webhook)}" if config.webhook else ""))
+    if config.metrics_listen:
+        host, port = parse_listen(config.metrics_listen)
+        parts.append(f"metrics on http://{host}:{port}/metrics")
+    if config.report_every and config.report_dir is not None:
+        parts.append(f"a report every {config.report_every:g} s in {config.report_dir}")
+    return "; ".join(parts)
+
+
 def run_monitor(
     config: MonitorConfig,
     pack: Pack,
@@ -263,18 +431,41 @@ def run_monitor(
     *,
     stream: TextIO | None = None,
     on_report: Callable[[Path, str], None] | None = None,
+    log: Callable[[str], None] = _say,
 ) -> Metrics:
     """Tail, judge, alert and report until `stop` is set (or `duration` passes).
-    Sensors write the store on their own; this loop only reads it and chains alerts."""
+    Sensors write the store on their own; this loop only reads it and chains alerts.
+    `log` hears what a person watching should know: the start, failed deliveries."""
     from auditor.report.bundle import make_report  # noqa: PLC0415 - the report pulls in jinja2 only when asked
 
+    check_config(config)
     metrics = Metrics()
-    if config.metrics_listen:
-        serve_metrics(metrics, config.metrics_listen)
-    sensors = start_sensors(config, pack)
-    sink = AlertSink(stream, config.webhook, on_failure=lambda _a, _why: metrics.webhook_failures.inc())
     store = open_store(config.store_url)
+    metrics_server: WSGIServer | None = None
+    try:
+        if config.metrics_listen:
+            metrics_server = serve_metrics(metrics, config.metrics_listen)
+        sensors = start_sensors(config, pack)
+    except BaseException:
+        if metrics_server is not None:
+            metrics_server.shutdown()
+            metrics_server.server_close()
+        store.close()
+        raise
+    throttle = WarningThrottle(log, config.warn_every)
+    target = webhook_label(config.webhook) if config.webhook else ""
+
+    def failed(alert: dict, why: str) -> None:
+        metrics.webhook_failures.inc()
+        throttle.warn(f"warning: webhook {target}: alert {alert['rule']} to {alert['destination']} not delivered: {why}")
+
+    sink = AlertSink(
+        stream, config.webhook, retries=config.webhook_retries, backoff=config.webhook_backoff,
+        retry_every=config.webhook_retry_every, on_failure=failed,
+    )
     watcher = Watcher(store, pack, sink, metrics)
+    sink.on_delivered = watcher.delivered
+    log(_started_line(config, store))
     started = time.monotonic()
     next_report = started + config.report_every if config.report_every else None
     try:
@@ -299,5 +490,12 @@ def run_monitor(
         stop_sensors(sensors)
         watcher.poll()
         sink.close()
+        watcher.record_deliveries()
+        if watcher.undelivered:
+            log(f"warning: webhook {target}: {len(watcher.undelivered)} alerts not delivered; "
+                "not recorded as sent, so they are raised again when the monitor restarts")
         store.close()
+        if metrics_server is not None:
+            metrics_server.shutdown()
+            metrics_server.server_close()
     return metrics

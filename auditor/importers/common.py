@@ -108,7 +108,7 @@ def import_file(
     held = inventory_from_file(inventory) if inventory is not None else None
     sid = sensor_id or f"import-{kind}-{paths[0].stem}"
     result = ImportResult(format=kind, sensor_id=sid)
-    store = open_store(store_url)
+    store = open_store(store_url, make_parents=False)  # a typo'd directory is an error, not made
     batch: list[EgressEvent] = [
         sensor_event(sid, "start", detail=f"import of {', '.join(p.name for p in paths)} as {kind}")
     ]

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator, Sequence
 from datetime import datetime
+from pathlib import Path
 from typing import Literal, Protocol, runtime_checkable
 
 from pydantic import BaseModel, Field
 
+from auditor.errors import AuditorError
 from auditor.model import EgressEvent, Finding
 
 ProblemKind = Literal["edited", "missing", "inserted", "reordered", "truncated", "unreadable"]
@@ -48,6 +51,14 @@ class Store(Protocol):
 
     def append(self, events: Sequence[EgressEvent]) -> None:
         """Chain and write a batch atomically: all of it or none of it."""
+
+    def append_new(self, events: Sequence[EgressEvent]) -> int:
+        """`append` of only the events the store does not hold yet (nor an earlier event of
+        the batch), so ingesting a file twice stores it once. An event is held when a stored
+        one has its id and its time, as the same event read again does; a record reusing an
+        id at another time is not that event and is kept, never silently dropped. Decided
+        inside the write transaction, so two writers of the same events never both store
+        them, with one query per batch through the time index. Returns how many it skipped."""
 
     def append_findings(self, sensor_id: str, findings: Sequence[Finding]) -> None:
         """Findings are chained records too, under the id of whoever judged."""
@@ -99,16 +110,47 @@ def chain_keys(prefix: str) -> dict[str, tuple[str, int]]:
     return {"start": (prefix, 0), "stop": (prefix[:-1] + chr(ord(prefix[-1]) + 1), 0)}
 
 
-def open_store(url: str, *, create: bool = True) -> Store:
-    """A file path (or sqlite:///path) opens SQLite; postgresql:// opens PostgreSQL."""
+STORE_FORMS = "a file path, sqlite:///path or postgresql://..."
+
+
+def sqlite_path(url: str) -> Path | None:
+    """The file of a SQLite store (a path or sqlite:///path); None for PostgreSQL. Any other
+    `scheme://` is refused here: taken as a path it became a file of that odd name."""
     if url.startswith(("postgresql://", "postgres://")):
+        return None
+    if url.startswith("sqlite:///"):
+        return Path(url.removeprefix("sqlite:///"))
+    scheme = re.match(r"([A-Za-z][A-Za-z0-9+.-]*)://", url)
+    if scheme is None:
+        return Path(url)
+    if scheme[1] == "sqlite":
+        raise AuditorError(f"a SQLite store URL takes three slashes, not {scheme[0]}", fix="sqlite:///relative/path or sqlite:////absolute/path")
+    raise AuditorError(f"unsupported store URL scheme '{scheme[1]}'", fix=STORE_FORMS)
+
+
+def open_store(url: str, *, create: bool = True, make_parents: bool = True) -> Store:
+    """A file path (or sqlite:///path) opens SQLite; postgresql:// opens PostgreSQL.
+    `make_parents` off: a new SQLite file's directory must exist (see `SqliteStore`)."""
+    path = sqlite_path(url)
+    if path is None:
         from auditor.store.postgres import PostgresStore  # noqa: PLC0415 - optional backend
 
         return PostgresStore(url, create=create)
     from auditor.store.sqlite import SqliteStore  # noqa: PLC0415
 
-    path = url.removeprefix("sqlite:///") if url.startswith("sqlite:///") else url
-    return SqliteStore(path, create=create)
+    return SqliteStore(path, create=create, make_parents=make_parents)
+
+
+def open_store_read_only(url: str, *, immutable: bool = False) -> Store:
+    """A store for a reader that must leave it as found (`check --no-record`, a signed
+    bundle's snapshot): SQLite is opened read-only, running no schema statement (see
+    `ReadOnlySqliteStore` for `immutable`); PostgreSQL is opened without creating anything."""
+    path = sqlite_path(url)
+    if path is None:
+        return open_store(url, create=False)
+    from auditor.store.sqlite import ReadOnlySqliteStore  # noqa: PLC0415
+
+    return ReadOnlySqliteStore(path, immutable=immutable)
 
 
 def redact_url(url: str) -> str:

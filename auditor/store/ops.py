@@ -7,7 +7,7 @@ in either direction and retention means the same thing in both.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Protocol, cast
 
 from pydantic import BaseModel
@@ -49,7 +49,7 @@ class CopyResult(BaseModel):
 
 
 def _open(url: str, *, create: bool) -> Maintainable:
-    return cast(Maintainable, open_store(url, create=create))
+    return cast(Maintainable, open_store(url, create=create, make_parents=False))
 
 
 def migrate_store(url: str) -> MigrateResult:
@@ -102,8 +102,17 @@ def copy_store(source: str, destination: str) -> CopyResult:
     )
 
 
-def retain_store(url: str, before: datetime) -> RetentionResult:
-    """Remove records older than `before` from each chain's start, chaining what went."""
+def retain_store(url: str, before: datetime, *, force: bool = False) -> RetentionResult:
+    """Remove records older than `before` from each chain's start, chaining what went.
+    A cut-off in the future would remove everything written so far, sensors' current
+    records included: almost always a typo, so it takes `force`."""
+    now = datetime.now(UTC)
+    if before > now and not force:
+        raise AuditorError(
+            f"--before {before.isoformat()} is in the future (now {now.isoformat(timespec='seconds')}): "
+            "every record written so far would be removed",
+            file=redact_url(url), fix="give a time in the past, or add --force to remove them all",
+        )
     store = _open(url, create=False)
     try:
         return store.retain(before)

@@ -43,7 +43,7 @@ from auditor.store.retention import (
     resume_points,
     statement_event,
 )
-from auditor.store.sqlite import time_us
+from auditor.store.sqlite import new_records, time_us
 from auditor.store.verify import verify_links
 
 DAY_US = 86_400_000_000
@@ -53,6 +53,8 @@ _COPY_TYPES = ["text", "int8", "text", "text", "int8", "bytea", "text", "text"]
 _COLUMNS = "sensor_id, seq, kind, record_id, time_us, body, prev_hash, hash"
 
 RawRow = tuple[str, int, str, str, int, bytes, str, str]
+# `append_new`'s advisory lock: (this class, the schema's key); two-int locks never meet the one-bigint kind
+_APPEND_NEW_LOCK = 0x616E6577
 
 MIGRATIONS: list[tuple[int, str, str]] = [
     (
@@ -235,24 +237,47 @@ class PostgresStore:
     def append(self, events: Sequence[EgressEvent]) -> None:
         self._append([(e.sensor_id, "event", e.id, time_us(e.time), canonical_model(e)) for e in events])
 
+    def append_new(self, events: Sequence[EgressEvent]) -> int:
+        records = [(e.sensor_id, "event", e.id, time_us(e.time), canonical_model(e)) for e in events]
+        return len(records) - self._append(records, new_only=True)
+
     def append_findings(self, sensor_id: str, findings: Sequence[Finding]) -> None:
         self._append([(sensor_id, "finding", f.id, time_us(f.last_seen), canonical_model(f)) for f in findings])
 
-    def _append(self, records: list[Record]) -> None:
+    def _append(self, records: list[Record], *, new_only: bool = False) -> int:
+        """One transaction; `new_only` drops the events already stored inside it. Returns
+        how many records it wrote."""
         if not records:
-            return
+            return 0
         days = {r[3] // DAY_US for r in records}
+        written = 0
         with self._lock:
             for attempt in (1, 2):
                 self._ensure_partitions(days)
                 try:
                     with self._conn.transaction():
-                        self._append_tx(records)
-                    return
+                        fresh = self._unstored_tx(records) if new_only else records
+                        if fresh:
+                            self._append_tx(fresh)
+                    written = len(fresh)
+                    break
                 except psycopg.errors.CheckViolation:
                     if attempt == 2:  # a partition retention dropped meanwhile; learn and retry once
                         raise
                     self._load_partitions()
+        return written
+
+    def _unstored_tx(self, records: list[Record]) -> list[Record]:
+        """Inside the caller's transaction: the records the store does not hold yet, found as
+        SQLite finds them (`SqliteStore._unstored_tx`): one query for the batch through the
+        time index, which also prunes the day partitions to the batch's. Writers of
+        `append_new` take one advisory lock first, so a batch another committed meanwhile is
+        seen, not stored again; a plain `append` (a sensor's hot path) never waits on it."""
+        self._conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", (_APPEND_NEW_LOCK, self._lock_key))
+        held = self._conn.execute(
+            "SELECT record_id, time_us FROM records WHERE kind = 'event' AND time_us = ANY(%s)", (sorted({r[3] for r in records}),)
+        ).fetchall()
+        return new_records(records, ((rid, int(t)) for rid, t in held))
 
     def _append_tx(self, records: list[Record]) -> None:
         conn = self._conn

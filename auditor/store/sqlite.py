@@ -7,6 +7,8 @@ from collections.abc import Iterable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import orjson
+
 from auditor.errors import AuditorError
 from auditor.model import EgressEvent, Finding
 from auditor.store.base import ChainHead, VerifyResult
@@ -63,6 +65,18 @@ def time_us(value: datetime) -> int:
     return (value - _EPOCH) // _MICROSECOND
 
 
+def new_records(records: Sequence[Record], held: Iterable[tuple[str, int]]) -> list[Record]:
+    """`records` less those whose (id, time_us) is `held` or on an earlier record of the batch."""
+    seen = set(held)
+    out: list[Record] = []
+    for record in records:
+        key = (record[2], record[3])
+        if key not in seen:
+            seen.add(key)
+            out.append(record)
+    return out
+
+
 def _key_range(start: tuple[str, int] | None, stop: tuple[str, int] | None) -> tuple[str, list[object]]:
     """The SQL (to follow a WHERE condition) and arguments of a (start included, stop
     excluded) range of (sensor_id, seq) keys; an open end adds nothing."""
@@ -76,25 +90,69 @@ def _key_range(start: tuple[str, int] | None, stop: tuple[str, int] | None) -> t
     return sql, args
 
 
+def _not_a_store(url: str, reason: str) -> AuditorError:
+    return AuditorError(
+        f"not an evidence store ({reason})", file=url,
+        fix="pass the store a sensor, `auditor ingest` or `auditor import` wrote, or a new file name",
+    )
+
+
 class SqliteStore:
     """Batches are single transactions; the checkpoint moves in the same one."""
 
-    def __init__(self, path: str | Path, *, create: bool = True) -> None:
+    def __init__(self, path: str | Path, *, create: bool = True, make_parents: bool = True) -> None:
+        """`make_parents`: a new store's missing directories are made (a sensor's state
+        directory); off, they are an error (a path a person typed, e.g. `auditor import`)."""
         self.path = Path(path)
         self.url = str(self.path)
-        if not create and not self.path.exists():
-            raise FileNotFoundError(f"{self.path}: no such evidence store")
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
+        self._check_path(create, make_parents)
+        if create and make_parents:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
+        except sqlite3.Error as exc:
+            raise AuditorError(f"cannot open the evidence store ({exc})", file=self.url, fix="check the path and its permissions") from None
+        try:
+            self._open_schema(create)
+        except (sqlite3.Error, AuditorError) as exc:
+            self._db.close()
+            if isinstance(exc, AuditorError):
+                raise
+            if type(exc) is sqlite3.DatabaseError:  # not a database, or a damaged one; OperationalError: locked, read-only, ...
+                reason = "file is not a SQLite database" if "not a database" in str(exc) else str(exc)
+                raise _not_a_store(self.url, reason) from None
+            raise AuditorError(f"cannot open the evidence store ({exc})", file=self.url, fix="check the file's permissions and that no other program holds it") from None
+
+    def _check_path(self, create: bool, make_parents: bool = False) -> None:
+        """Refuse what SQLite would fail on with a traceback, or quietly make: a directory,
+        a missing store when reading, a store in a directory that does not exist (unless
+        `make_parents`)."""
+        if self.path.is_dir():
+            raise AuditorError("not an evidence store (it is a directory)", file=self.url, fix="pass a file inside it, e.g. evidence.db")
+        if not self.path.exists():
+            if not create:
+                raise AuditorError("no such evidence store", file=self.url, fix="pass the store a sensor, `auditor ingest` or `auditor import` wrote")
+            if not make_parents and not self.path.parent.is_dir():
+                raise AuditorError(
+                    f"directory {self.path.parent} does not exist", file=self.url, fix="create it first, or pass a path in an existing directory"
+                )
+
+    def _open_schema(self, create: bool) -> None:
+        """WAL, the tables and the schema version. A reader (`create` off) is refused a
+        file without the evidence tables rather than handed an empty store."""
+        tables = {r[0] for r in self._db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if not create and not {"meta", "records", "checkpoints"} <= tables:
+            held = f"a SQLite database without the evidence tables; it holds {', '.join(sorted(tables)[:5])}"
+            raise _not_a_store(self.url, held if tables else "an empty file, no evidence tables")
         # A new file only (an existing one keeps its size): records live in a WITHOUT ROWID
         # table, whose rows spill past ~1 KB of a 4 KB page onto an overflow page each, so an
         # event of 1-2 KB took 4.7 KB on disk; 16 KB pages keep rows up to ~4 KB in place.
         self._db.execute(f"PRAGMA page_size = {PAGE_SIZE}")
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.executescript(_SCHEMA)
-        self._db.execute(
-            "INSERT OR IGNORE INTO meta(key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
+        # one transaction: a store another process is creating is never seen half made
+        self._db.executescript(
+            f"BEGIN IMMEDIATE;\n{_SCHEMA}INSERT OR IGNORE INTO meta(key, value) VALUES ('schema_version', '{SCHEMA_VERSION}');\nCOMMIT;"
         )
 
     def append(self, events: Sequence[EgressEvent]) -> None:
@@ -104,6 +162,10 @@ class SqliteStore:
         ]
         self._append(records)
 
+    def append_new(self, events: Sequence[EgressEvent]) -> int:
+        records = [(e.sensor_id, "event", e.id, time_us(e.time), canonical_model(e)) for e in events]
+        return len(records) - self._append(records, new_only=True)
+
     def append_findings(self, sensor_id: str, findings: Sequence[Finding]) -> None:
         records = [
             (sensor_id, "finding", f.id, time_us(f.last_seen), canonical_model(f))
@@ -111,17 +173,35 @@ class SqliteStore:
         ]
         self._append(records)
 
-    def _append(self, records: list[Record]) -> None:
+    def _append(self, records: list[Record], *, new_only: bool = False) -> int:
+        """One write transaction; `new_only` drops the events already stored inside it.
+        Returns how many records it wrote."""
         if not records:
-            return
+            return 0
         db = self._db
         db.execute("BEGIN IMMEDIATE")
         try:
-            self._append_tx(records)
+            if new_only:
+                records = self._unstored_tx(records)
+            if records:
+                self._append_tx(records)
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
             raise
+        return len(records)
+
+    def _unstored_tx(self, records: list[Record]) -> list[Record]:
+        """Inside the caller's write transaction: the records the store does not hold yet.
+        The same event read again has the same id and the same time, so its stored copy is
+        found through the time index the window reads use, with one query for the batch
+        (its times as one JSON array): no index of random ids to keep, whose scattered
+        pages every commit would rewrite."""
+        times = orjson.dumps(sorted({r[3] for r in records})).decode()
+        held = self._db.execute(
+            "SELECT record_id, time_us FROM records WHERE kind = 'event' AND time_us IN (SELECT value FROM json_each(?))", (times,)
+        )
+        return new_records(records, held)
 
     def _append_tx(self, records: list[Record]) -> None:
         """Chain and insert inside the caller's write transaction."""
@@ -250,7 +330,7 @@ class SqliteStore:
         (start included, stop excluded) key range, ranges in turn and each in key order,
         all from one read transaction: a reader that checks the chains as it reads the
         events (the report) sees one snapshot of its ranges."""
-        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
+        db = self._reader()
         try:
             db.execute(f"PRAGMA mmap_size = {SCAN_MMAP}")  # a whole-table scan reads pages in place, not copied by read()
             db.execute("BEGIN")
@@ -346,5 +426,34 @@ class SqliteStore:
             before=before, removed=sum(c.removed for c in chains.values()), chains=chains, partitions_dropped=[], record_seq=seq
         )
 
+    def _reader(self) -> sqlite3.Connection:
+        """A second connection to the same file, for a reader that scans in its own transaction."""
+        return sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
+
     def close(self) -> None:
         self._db.close()
+
+
+class ReadOnlySqliteStore(SqliteStore):
+    """A SQLite store opened only to be read: no schema statement, no pragma, and SQLite
+    refuses any write, so the file is left as it was found. `immutable` also takes no
+    lock and reads the main file alone, making no -wal or -shm beside it: exactly the
+    bytes a signed bundle's statement covers, which nothing may be writing."""
+
+    def __init__(self, path: str | Path, *, immutable: bool = False) -> None:
+        self.path = Path(path)
+        self.url = str(self.path)
+        self._check_path(create=False)
+        self._uri = f"{self.path.resolve().as_uri()}?{'immutable=1' if immutable else 'mode=ro'}"
+        self._db = self._reader()
+        try:
+            tables = {r[0] for r in self._db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        except sqlite3.Error as exc:
+            self._db.close()
+            raise _not_a_store(self.url, "file is not a SQLite database" if "not a database" in str(exc) else str(exc)) from None
+        if not {"meta", "records", "checkpoints"} <= tables:
+            self._db.close()
+            raise _not_a_store(self.url, "a SQLite database without the evidence tables")
+
+    def _reader(self) -> sqlite3.Connection:
+        return sqlite3.connect(self._uri, uri=True, isolation_level=None, check_same_thread=False, timeout=30)

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import socket
+import subprocess
+import sys
 import threading
 import time
 import urllib.request
@@ -29,9 +32,9 @@ def _free_port() -> int:
 
 
 class Receiver:
-    """A webhook endpoint that fails its first request, so retry is exercised."""
+    """A webhook endpoint that fails its first `failures` requests (503), so retry is exercised."""
 
-    def __init__(self) -> None:
+    def __init__(self, failures: int = 1) -> None:
         self.alerts: list[dict] = []
         self.attempts = 0
         outer = self
@@ -40,7 +43,7 @@ class Receiver:
             def do_POST(self) -> None:  # noqa: N802
                 outer.attempts += 1
                 body = self.rfile.read(int(self.headers["Content-Length"]))
-                if outer.attempts == 1:
+                if outer.attempts <= failures:
                     self.send_response(503)
                     self.end_headers()
                     return
@@ -83,13 +86,13 @@ def _wait(predicate, timeout: float = 15.0) -> bool:  # type: ignore[no-untyped-
     return False
 
 
-def _start(config: MonitorConfig, out: io.StringIO) -> tuple[threading.Event, threading.Thread]:
+def _start(config: MonitorConfig, out: io.StringIO, log: list[str] | None = None) -> tuple[threading.Event, threading.Thread]:
     """The monitor on a thread; if it dies, what killed it is written to `out` for the assertion message."""
     stop = threading.Event()
 
     def run() -> None:
         try:
-            run_monitor(config, load_pack(), stop, stream=out)
+            run_monitor(config, load_pack(), stop, stream=out, log=(log if log is not None else []).append)
         except BaseException as exc:
             out.write(f"monitor died: {type(exc).__name__}: {exc}\n")
             raise
@@ -101,6 +104,7 @@ def _start(config: MonitorConfig, out: io.StringIO) -> tuple[threading.Event, th
 
 def test_alert_once_metric_and_restart(tmp_path: Path, receiver: Receiver) -> None:
     store_url = str(tmp_path / "evidence.db")
+    open_store(store_url).close()  # a monitor that runs no sensor refuses a store that does not exist
     metrics_port = _free_port()
     config = MonitorConfig(store_url=store_url, poll_interval=0.05, metrics_listen=f"127.0.0.1:{metrics_port}", webhook=receiver.url)
     out = io.StringIO()
@@ -183,3 +187,112 @@ def test_monitor_runs_its_own_proxy_and_probe(tmp_path: Path) -> None:
     sensors = {e.sensor_id.split("-")[0] for e in store.events() if e.sensor and e.sensor.lifecycle == "stop"}
     assert sensors == {"proxy", "probe"}
     assert store.verify().ok
+
+
+def _violations(store_url: str, *buckets: str) -> None:
+    store = open_store(store_url)
+    store.append([_put(bucket) for bucket in buckets])
+    store.close()
+
+
+def _monitor_findings(store_url: str) -> list[str]:
+    store = open_store(store_url, create=False)
+    try:
+        return [f.destination for f in store.findings("monitor")]
+    finally:
+        store.close()
+
+
+def test_undelivered_alerts_are_warned_once_and_raised_again_after_a_restart(tmp_path: Path) -> None:
+    """A receiver that is down: one warning line (not one per alert) on the log, the
+    alerts are not chained as sent, and the next run delivers them."""
+    store_url = str(tmp_path / "evidence.db")
+    _violations(store_url, "someone-elses-bucket", "another-strangers-bucket")
+    down = Receiver(failures=10**6)
+    config = MonitorConfig(store_url=store_url, poll_interval=0.05, webhook=down.url, webhook_retries=1,
+                           webhook_backoff=0.01, webhook_retry_every=600, warn_every=600)
+    out, log = io.StringIO(), []
+    stop, thread = _start(config, out, log)
+    try:
+        assert _wait(lambda: down.attempts >= 4), out.getvalue()  # two alerts, two attempts each
+        assert _wait(lambda: any("not delivered:" in line for line in log)), log
+    finally:
+        stop.set()
+        thread.join(15)
+        down.server.shutdown()
+    assert log[0].startswith(f"monitor: tailing {store_url} (2 records in 1 chains so far); alerts on stdout and to http://127.0.0.1:"), log
+    failures = [line for line in log if "not delivered:" in line]
+    assert len(failures) == 1 and failures[0].startswith("warning: webhook http://127.0.0.1:") and "HTTP 503 after 2 attempts" in failures[0]
+    assert "/hook" not in failures[0]  # a webhook's path may hold its token: never printed
+    assert "2 alerts not delivered" in log[-1] and "raised again when the monitor restarts" in log[-1], log
+    assert len(out.getvalue().splitlines()) == 2
+    assert _monitor_findings(store_url) == []
+
+    up = Receiver(failures=0)
+    out2 = io.StringIO()
+    stop2, thread2 = _start(config.model_copy(update={"webhook": up.url}), out2)
+    try:
+        assert _wait(lambda: len(up.alerts) == 2), out2.getvalue()
+        assert _wait(lambda: len(_monitor_findings(store_url)) == 2)
+    finally:
+        stop2.set()
+        thread2.join(15)
+        up.server.shutdown()
+    assert {a["destination"] for a in up.alerts} == set(_monitor_findings(store_url))
+    assert len(out2.getvalue().splitlines()) == 2
+    store = open_store(store_url, create=False)
+    assert store.verify().ok
+    store.close()
+
+
+def test_a_failed_alert_is_tried_again_while_the_monitor_runs(tmp_path: Path) -> None:
+    """The receiver comes back within the run: the next round delivers the alert, and
+    only then is it chained."""
+    store_url = str(tmp_path / "evidence.db")
+    _violations(store_url, "someone-elses-bucket")
+    flaky = Receiver(failures=3)  # round one: two attempts fail; round two: one fails, one lands
+    config = MonitorConfig(store_url=store_url, poll_interval=0.05, webhook=flaky.url, webhook_retries=1,
+                           webhook_backoff=0.01, webhook_retry_every=0.3)
+    out, log = io.StringIO(), []
+    stop, thread = _start(config, out, log)
+    try:
+        assert _wait(lambda: len(flaky.alerts) == 1), (out.getvalue(), log)
+        assert _wait(lambda: len(_monitor_findings(store_url)) == 1)
+    finally:
+        stop.set()
+        thread.join(15)
+        flaky.server.shutdown()
+    assert flaky.attempts == 4
+    assert any("HTTP 503 after 2 attempts; tried again in 0.3 s" in line for line in log), log
+    assert not any("raised again when the monitor restarts" in line for line in log), log
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "auditor.cli", *args], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "COLUMNS": "400"})
+
+
+def test_monitor_errors_of_use_are_one_line_and_exit_3(tmp_path: Path) -> None:
+    """Each of these used to crash with a traceback (exit 1) or start and quietly do
+    nothing: a typo'd store, reports never written, a webhook URL that cannot be sent to."""
+    store = tmp_path / "evidence.db"
+    open_store(str(store)).close()
+    typo = tmp_path / "evidnce.db"
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        busy = f"127.0.0.1:{taken.getsockname()[1]}"
+        cases = [
+            (("--store", str(store), "--metrics-listen", "127.0.0.1:notaport"), "--metrics-listen '127.0.0.1:notaport': the port must be a number"),
+            (("--store", str(store), "--metrics-listen", busy), f"--metrics-listen {busy}: cannot listen there"),
+            (("--store", str(typo)), f"{typo}: no such evidence store, and this monitor runs no sensor that would write it"),
+            (("--store", str(store), "--report-every", "0"), "--report-every 0: must be a positive number of seconds"),
+            (("--store", str(store), "--poll", "-1"), "--poll -1: must be a positive number of seconds"),
+            (("--store", str(store), "--webhook", "alerts.example.internal/hook"), "is not an http(s) URL"),
+            (("--store", "mysql://x/y"), "unsupported store URL scheme 'mysql'"),
+        ]
+        for args, said in cases:
+            run = _cli("monitor", *args, "--duration", "5")
+            assert run.returncode == 3, (args, run.stderr)
+            assert run.stderr.startswith("error: ") and run.stderr.strip().count("\n") == 0 and said in run.stderr, (args, run.stderr)
+    assert not typo.exists()

@@ -133,7 +133,7 @@ def test_retention_with_a_cutoff_after_now(pg_url: str) -> None:
     store = open_store(pg_url)
     store.append(make_events("probe-a", 3, start=noon))
     store.close()
-    result = retain_store(pg_url, noon + timedelta(days=2))
+    result = retain_store(pg_url, noon + timedelta(days=2), force=True)
     assert result.removed == 3 and result.partitions_dropped == ["records_" + noon.strftime("%Y%m%d")]
     store = open_store(pg_url, create=False)
     assert store.count() == 1 and store.verify().ok

@@ -3,7 +3,10 @@ writers carry on, and only a prefix is ever removed."""
 
 from __future__ import annotations
 
-from datetime import timedelta
+import os
+import subprocess
+import sys
+from datetime import UTC, datetime, timedelta
 
 from typer.testing import CliRunner
 
@@ -43,7 +46,7 @@ def test_retain_removes_prefixes_and_verify_passes(store_url: str) -> None:
 
     again = retain_store(store_url, T0 + timedelta(days=1))
     assert again.record_seq is None and again.removed == 0  # nothing new: no record either
-    whole = retain_store(store_url, T0 + timedelta(days=30))  # every chain's records go; the statement stays
+    whole = retain_store(store_url, T0 + timedelta(days=30), force=True)  # every chain's records go; the statement stays
     assert whole.removed == 24 + 10 + 5 and whole.record_seq == 2
     store = open_store(store_url, create=False)
     assert store.count() == 2  # the retention chain's two records: it is never removed
@@ -76,5 +79,28 @@ def test_cli_retain(store_url: str) -> None:
     assert out.exit_code == 0, out.output
     assert "chain proxy-a: removed 4 records, now starts after #4" in out.output
     assert "recorded as retention record #1" in out.output
+    verified = CliRunner().invoke(app, ["verify", "--store", store_url])
+    assert verified.exit_code == 0 and "OK" in verified.output, verified.output
+
+
+def test_cli_retain_refuses_a_cutoff_in_the_future_without_force(store_url: str) -> None:
+    """`--before` after now would remove what the sensors wrote a minute ago: one line,
+    exit 3 and nothing removed, unless `--force` says it is meant."""
+    now = datetime.now(UTC)
+    store = open_store(store_url)
+    store.append(make_events("proxy-a", 3, start=now - timedelta(minutes=5)))
+    store.close()
+    tomorrow = (now + timedelta(days=1)).strftime("%Y-%m-%d")
+    run = subprocess.run(
+        [sys.executable, "-m", "auditor.cli", "store", "retain", "--store", store_url, "--before", tomorrow],
+        capture_output=True, text=True, timeout=120, env={**os.environ, "COLUMNS": "400"},
+    )
+    assert run.returncode == 3 and run.stderr.strip().count("\n") == 0, run.stderr
+    assert f"--before {tomorrow}T00:00:00+00:00 is in the future" in run.stderr and "add --force" in run.stderr
+    store = open_store(store_url, create=False)
+    assert store.count() == 3 and RETENTION_SENSOR not in {h.sensor_id for h in store.chain_heads()}
+    store.close()
+    forced = CliRunner().invoke(app, ["store", "retain", "--store", store_url, "--before", tomorrow, "--force"])
+    assert forced.exit_code == 0 and "chain proxy-a: removed 3 records" in forced.output, forced.output
     verified = CliRunner().invoke(app, ["verify", "--store", store_url])
     assert verified.exit_code == 0 and "OK" in verified.output, verified.output
