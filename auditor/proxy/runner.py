@@ -78,6 +78,7 @@ def mitm_options(config: ProxyConfig) -> dict[str, object]:
     for path in [config.pack, *config.overlays, config.upstream_ca, config.inventory, config.fingerprints, config.key_file, config.canaries]:
         if path is not None and not path.is_file():
             raise AuditorError("file not found", file=str(path), fix="check the path")
+    _check_store(config.store)
     opts: dict[str, object] = {
         "listen_host": config.listen_host,
         "listen_port": config.listen_port,
@@ -104,6 +105,19 @@ def mitm_options(config: ProxyConfig) -> dict[str, object]:
     if config.upstream_ca:
         opts["ssl_verify_upstream_trusted_ca"] = str(config.upstream_ca)
     return opts
+
+
+def _check_store(url: str) -> None:
+    """Open the store once before mitmproxy does: when the addon's open fails, mitmproxy
+    rolls the option back and all it reports is that no store is set."""
+    from auditor.store.base import open_store, redact_url  # noqa: PLC0415
+
+    try:
+        open_store(url).close()
+    except AuditorError:
+        raise
+    except Exception as exc:
+        raise AuditorError(f"cannot open the store {redact_url(url)}: {exc}", fix="check --store") from None
 
 
 class _Ready:

@@ -150,3 +150,9 @@ def test_bad_options_are_one_line_errors(tmp_path: Path) -> None:
     )
     assert out.returncode == 3
     assert out.stderr.count("\n") == 1 and "HOST:PORT:ADDR:PORT" in out.stderr
+    a_directory = tmp_path / "evidence"
+    a_directory.mkdir()
+    out = subprocess.run([sys.executable, "-m", "auditor.cli", "proxy", "--store", str(a_directory), "--confdir", str(tmp_path / "ca")],
+                         capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert out.returncode == 3 and out.stderr.count("\n") == 1, out.stderr
+    assert str(a_directory) in out.stderr and "not set" not in out.stderr, out.stderr
