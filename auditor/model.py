@@ -26,6 +26,7 @@ Lifecycle = Literal["start", "stop", "config", "drop", "gap", "retention", "erro
 SEVERITY_ORDER: dict[str, int] = {"info": 0, "low": 1, "medium": 2, "high": 3, "critical": 4}
 PROXY_PREFIX = "proxy"  # every proxy's sensor id starts so (the proxy refuses another)
 PROBE_PREFIX = "probe"  # and every probe's
+REFUSED_NOTE = "refused by the proxy (enforce mode): nothing was sent upstream"
 
 
 class Likelihood(IntEnum):

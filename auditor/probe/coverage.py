@@ -16,7 +16,7 @@ from datetime import datetime, timedelta
 
 from pydantic import BaseModel, Field
 
-from auditor.model import PROBE_PREFIX, PROXY_PREFIX, EgressEvent
+from auditor.model import PROBE_PREFIX, PROXY_PREFIX, REFUSED_NOTE, EgressEvent
 from auditor.rules import registry
 from auditor.store.base import Store, chain_keys
 
@@ -43,7 +43,10 @@ def is_proxy_record(ev: EgressEvent) -> bool:
 
 def proxy_keys(ev: EgressEvent) -> tuple[ProxyKey, ...]:
     """Where a proxy record says the proxy connected: by (address, port); by (name, port)
-    only when no address was recorded, the name being the best there is."""
+    only when no address was recorded, the name being the best there is. A request the
+    proxy refused connected nowhere: it accounts for no flow."""
+    if REFUSED_NOTE in ev.notes:
+        return ()
     d = ev.destination
     port = d.port or (443 if d.tls or (ev.http and ev.http.scheme == "https") else 80)
     if d.ip:

@@ -32,7 +32,7 @@ from mitmproxy.proxy.layers.tls import ServerTLSLayer
 from mitmproxy.proxy.server_hooks import ServerConnectionHookData
 
 from auditor.classify.decode import Budget, LimitExceeded, Limits, Undecodable, decode_content
-from auditor.model import Decision, EgressEvent, FlowInfo, PayloadInfo, Source, sensor_event
+from auditor.model import REFUSED_NOTE, Decision, EgressEvent, FlowInfo, PayloadInfo, Source, sensor_event
 from auditor.proxy import checks
 from auditor.proxy.routing import ConnectTo, Tunnel
 from auditor.proxy.bodies import (
@@ -422,7 +422,7 @@ class AuditorAddon:
             event.kind = "http"
             event.http = http_info(flow)
             event.http.status = BLOCK_STATUS
-            event.decision = self._refused(decision)
+            event.decision = self._refused(event, decision)
             flow.response = self._block_response(decision, event.id)
             flow.metadata["auditor_done"] = True
             self._emit(event)
@@ -486,7 +486,7 @@ class AuditorAddon:
         event = self._base_event(flow)
         decision = self._judge(event)
         if decision is not None and decision.action == "violation":
-            event.decision = self._refused(decision)
+            event.decision = self._refused(event, decision)
             flow.metadata["auditor_refused"] = event
             if gated or (length is not None and length <= self.enforce_cap):
                 flow.response = self._block_response(decision, event.id)
@@ -498,7 +498,7 @@ class AuditorAddon:
             # Fail closed: nothing bounds this body here, so it is neither held nor forwarded.
             event.payload = PayloadInfo(size=length or 0, inspected=False, not_inspected_reason="enforce gate missing on this connection: refused unread")
             fallback = Decision(action="unverified", rule_id="payload.not-inspected", severity="medium", reasons=[event.payload.not_inspected_reason or ""])
-            event.decision = self._refused(decision if decision is not None and decision.action != "allowed" else fallback)
+            event.decision = self._refused(event, decision if decision is not None and decision.action != "allowed" else fallback)
             flow.metadata["auditor_refused"] = event
             self.counts["not_inspected"] += 1
             log.error("auditor: enforce gate missing for %s; request cut", req.pretty_url)
@@ -513,7 +513,7 @@ class AuditorAddon:
         decision = self._judge(event)
         if decision is None or decision.action == "allowed":
             decision = Decision(action="unverified", rule_id="payload.not-inspected", severity="medium", reasons=[f"body of {size} bytes not inspected: {reason}"])
-        event.decision = self._refused(decision)
+        event.decision = self._refused(event, decision)
         flow.metadata["auditor_refused"] = event
         self.counts["not_inspected"] += 1
         return self._block_response(event.decision, event.id, OVER_CAP_STATUS)
@@ -534,7 +534,7 @@ class AuditorAddon:
         event = self._http_event(flow, payload)
         flow.metadata["auditor_event"] = event
         if self.mode == "enforce" and event.decision is not None and event.decision.action == "violation":
-            event.decision = self._refused(event.decision)
+            event.decision = self._refused(event, event.decision)
             flow.response = self._block_response(event.decision, event.id)
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
@@ -841,7 +841,7 @@ class AuditorAddon:
             event.decision = self._judge(event)
             if self.mode == "enforce" and event.decision is not None and event.decision.action == "violation":
                 message.drop()
-                event.decision = self._refused(event.decision)
+                event.decision = self._refused(event, event.decision)
             self._emit(event)
         finally:
             flow.websocket.messages.clear()  # each message is judged once; holding them all is a flood's memory
@@ -1002,7 +1002,11 @@ class AuditorAddon:
             decision = decision.model_copy(update={"action": "unverified", "reasons": [*decision.reasons, "TLS not opened: content unseen"]})
         return decision
 
-    def _refused(self, decision: Decision) -> Decision:
+    def _refused(self, event: EgressEvent, decision: Decision) -> Decision:
+        """The decision to refuse `event` upstream; its note says nothing went there, which
+        keeps the record from accounting for a probe flow to the same name (`proxy_keys`)."""
+        if REFUSED_NOTE not in event.notes:
+            event.notes.append(REFUSED_NOTE)
         return decision.model_copy(update={"reasons": [*decision.reasons, "refused by the proxy (enforce mode)"]})
 
     def _block_response(self, decision: Decision, event_id: str, status: int = BLOCK_STATUS) -> http.Response:

@@ -6,7 +6,7 @@ import sqlite3
 from datetime import UTC, datetime
 from pathlib import Path
 
-from auditor.model import Decision, Destination, EgressEvent, FlowInfo, HttpInfo
+from auditor.model import REFUSED_NOTE, Decision, Destination, EgressEvent, FlowInfo, HttpInfo
 from auditor.probe.coverage import ProxyIndex, mark_bypass, proxy_coverage, proxy_heads
 from auditor.probe.engine import ProbeConfig
 from auditor.probe.flows import Networks
@@ -177,3 +177,22 @@ def test_a_probe_refresh_reads_proxy_records_written_long_after_their_time(tmp_p
     assert mark_bypass([upload], session.index) == 0
     session.close()
     st.close()
+
+
+def test_a_request_the_proxy_refused_accounts_for_no_flow(tmp_path: Path) -> None:
+    """Enforce mode refuses before any upstream connection: that record names a host but
+    connected nowhere, so a direct flow naming the same host is still around the proxy."""
+    cfg = ProbeConfig(proxies=["10.43.12.7:3128"], cluster_cidrs=["10.42.0.0/16", "10.43.0.0/16"])
+    bypass = []
+    for refused in (False, True):
+        store_url = str(tmp_path / f"ev-{refused}.db")
+        st = open_store(store_url)
+        record = _proxy_event(None, "api.gretel.cloud", T0 + 0.01)
+        if refused:
+            record.notes.append(REFUSED_NOTE)
+        st.append([record])
+        st.close()
+        t = Trace()
+        t.tcp(POD, "52.9.9.9", 443, [client_hello("api.gretel.cloud")])
+        bypass.append(run_pcap(t.write(tmp_path / f"c-{refused}.pcap"), store_url, config=cfg).bypass)
+    assert bypass == [0, 1]  # a record of only the name accounts for the flow; a refused one does not

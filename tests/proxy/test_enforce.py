@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from auditor.model import EgressEvent
+from auditor.model import REFUSED_NOTE, EgressEvent
 from auditor.sim.ca import ThrowawayCA
 
 from .conftest import API, FOREIGN, RunningProxy, Upstream, events_of, proxy_config, running_proxy
@@ -69,7 +69,7 @@ def test_payload_violation_gets_403_naming_the_rule_and_never_reaches_upstream(p
     assert event.http is not None and event.http.status == 403
     assert event.decision is not None and event.decision.action == "violation" and event.decision.rule_id == body["rule"]
     assert body["event"] == event.id
-    assert any("refused by the proxy" in r for r in event.decision.reasons)
+    assert any("refused by the proxy" in r for r in event.decision.reasons) and REFUSED_NOTE in event.notes
 
 
 def test_destination_violation_refused_before_connecting(proxy: RunningProxy, upstream: Upstream) -> None:
