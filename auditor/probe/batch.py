@@ -21,9 +21,9 @@ from auditor.probe.dissect import LINK_ETHERNET, LINK_SLL, LINK_SLL2, VLAN_TYPES
 
 # What a record is to the batched path.
 OTHER = 0  # not plain IPv4/TCP: can never touch a TCP/IPv4 flow (UDP, ICMP, IPv6, ARP, runts)
-KEYED = 1  # plain IPv4/TCP that the per-packet path must see: SYN/FIN/RST, a fragment, odd lengths
+KEYED = 1  # plain IPv4/TCP that the per-packet path must see: SYN/FIN/RST, odd lengths
 BULK = 2  # plain IPv4/TCP segment the fast path counts when its flow has nothing to inspect
-BARRIER = 3  # may belong to a TCP/IPv4 flow, but its ports are not where a block reads them (VLAN, IP options)
+BARRIER = 3  # may belong to a TCP/IPv4 flow, but its ports are not where a block reads them (VLAN, IP options, fragments)
 
 # Link types the batched path reads: where the ethertype and the IP header are.
 LINK_LAYOUT = {LINK_ETHERNET: (12, 14), LINK_SLL: (14, 16), LINK_SLL2: (0, 20)}
@@ -92,6 +92,8 @@ def read_headers(block: Records) -> Headers | None:
     bulk = plain & ((flags & 7) == 0) & (fragment == 0) & (doff >= 20) & (plen >= 0)
     tagged = (ethertype == VLAN_TYPES[0]) | (ethertype == VLAN_TYPES[1]) | (ethertype == VLAN_TYPES[2])
     barrier = whole & (tagged | (ipv4 & ((vihl >> 4) == 4) & (vihl != 0x45) & (proto == 6)))
+    # A TCP fragment completes its datagram, whose flow it cannot name, when the engine reaches it.
+    barrier |= (caplen >= ip + 20) & (ethertype == 0x0800) & ((vihl >> 4) == 4) & (proto == 6) & (fragment != 0)
     cls = np.zeros(len(offs), dtype=np.uint8)
     cls[plain] = KEYED
     cls[bulk] = BULK

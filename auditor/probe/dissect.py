@@ -30,7 +30,7 @@ TCP = 6
 UDP = 17
 ICMP = 1
 ICMPV6 = 58
-FRAGMENT = -1  # a non-first IP fragment: no transport header to read
+FRAGMENT = -1  # an IP fragment: reassembled by the engine (`fragments`) before anything reads it
 
 FIN, SYN, RST, PSH, ACK = 0x01, 0x02, 0x04, 0x08, 0x10
 
@@ -53,7 +53,10 @@ class Malformed(Exception):
 
 class Decoded(NamedTuple):
     """One IP packet's transport view. `addrs` is source then destination address
-    bytes (4 or 16 each), contiguous as on the wire, so flow keys are one slice."""
+    bytes (4 or 16 each), contiguous as on the wire, so flow keys are one slice.
+    A FRAGMENT holds its offset in bytes in `sport`, the more-fragments flag in
+    `dport`, the protocol it carries in `flags`, its identification in `seq`, and its
+    data at `poff:pend`."""
 
     proto: int
     addrs: bytes
@@ -124,8 +127,9 @@ def decode(linktype: int, data: bytes) -> tuple[int, bytes, int, int, int, int, 
         alen = 4
         l4 = off + ihl
         end = off + total
-        if ((data[off + 6] << 8) | data[off + 7]) & 0x1FFF:
-            return (FRAGMENT, addrs, alen, 0, 0, 0, proto, l4, end)
+        frag = (data[off + 6] << 8) | data[off + 7]
+        if frag & 0x3FFF:  # an offset or more-fragments (DF alone is no fragment)
+            return (FRAGMENT, addrs, alen, (frag & 0x1FFF) << 3, (frag >> 13) & 1, proto, (data[off + 4] << 8) | data[off + 5], l4, end)
     elif et == 0x86DD:
         if n < off + 40:
             raise Malformed("ipv6-truncated")
@@ -143,8 +147,9 @@ def decode(linktype: int, data: bytes) -> tuple[int, bytes, int, int, int, int, 
                 raise Malformed("ipv6-extension-truncated")
             nxt = data[l4]
             if proto == 44:
-                if ((data[l4 + 2] << 8) | data[l4 + 3]) >> 3:
-                    return (FRAGMENT, addrs, alen, 0, 0, 0, nxt, l4 + 8, end)
+                frag = (data[l4 + 2] << 8) | data[l4 + 3]
+                if frag & 0xFFF9:  # an offset or more-fragments; an atomic fragment (RFC 6946) is whole
+                    return (FRAGMENT, addrs, alen, frag & 0xFFF8, frag & 1, nxt, _U32(data, l4 + 4)[0], l4 + 8, end)
                 l4 += 8
             elif proto == 51:
                 l4 += (data[l4 + 1] + 2) * 4

@@ -41,7 +41,8 @@ DOH_IPS = frozenset(
     }
 )  # fmt: skip
 
-_NOT_TUNNELLED = (".cluster.local", ".in-addr.arpa", ".ip6.arpa", ".local", ".internal", ".localhost")
+_NOT_TUNNELLED = (".cluster.local", ".local", ".internal", ".localhost")
+_HEX_DIGITS = frozenset("0123456789abcdef")
 _TWO_LEVEL = frozenset({"co", "com", "net", "org", "gov", "edu", "ac", "or", "ne", "go"})
 
 
@@ -64,6 +65,20 @@ def parent_domain(name: str) -> str:
     if len(labels) >= 3 and labels[-2] in _TWO_LEVEL and len(labels[-1]) == 2:
         return ".".join(labels[-3:])
     return ".".join(labels[-2:])
+
+
+def reverse_name(name: str) -> bool:
+    """A well-formed reverse-lookup name: up to four decimal labels (0-255) under
+    in-addr.arpa, up to 32 single hex digits under ip6.arpa. Only these are exempt
+    from tunnel signs: anything else under those zones is a delegated zone like any
+    other, and carries data as well."""
+    if name.endswith(".in-addr.arpa"):
+        labels = name[:-13].split(".")
+        return len(labels) <= 4 and all(0 < len(x) <= 3 and x.isdigit() and x.isascii() and int(x) <= 255 for x in labels)
+    if name.endswith(".ip6.arpa"):
+        labels = name[:-9].split(".")
+        return len(labels) <= 32 and all(len(x) == 1 and x in _HEX_DIGITS for x in labels)
+    return False
 
 
 def entropy(text: str) -> float:
@@ -92,7 +107,7 @@ class TunnelDetector:
 
     def signs(self, client: bytes, qname: str, qtype: str, time_us: int) -> list[str]:
         lim = self.limits
-        if not qname or qname.endswith(_NOT_TUNNELLED) or "." not in qname:
+        if not qname or qname.endswith(_NOT_TUNNELLED) or "." not in qname or (qname.endswith(".arpa") and reverse_name(qname)):
             return []
         out: list[str] = []
         parent = parent_domain(qname)

@@ -49,6 +49,7 @@ from auditor.probe.dissect import (
     UDP,
     ClientHello,
     DnsMessage,
+    DnsRecord,
     Malformed,
     decode,
     http_request,
@@ -65,16 +66,20 @@ from auditor.probe.flows import (
     INSP_HTTP,
     INSP_QUIC,
     INSP_TLS,
+    MAX_HELD,
     Flow,
     FlowTable,
     Networks,
+    Stream,
     direction,
     orient,
 )
+from auditor.probe.fragments import Datagram, Key, Reassembler
 from auditor.probe.quic import CryptoStream, is_long_header
 from auditor.redact import redact_query
 
 EventDoc = dict[str, Any]  # an EgressEvent's fields (nested ones as dicts); validated as one where it is used
+_Headers = tuple[int, bytes, int, int, int, int, int, int, int]  # what `decode` gives, laid out as `dissect.Decoded`
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _S = 1_000_000
 MAX_STREAM = 65536
@@ -110,6 +115,10 @@ class ProbeConfig(BaseModel):
     max_pending_dns: int = 50_000
     icmp_payload_max: int = 64  # bytes of echo payload; ping sends 56 (Linux) or 32 (Windows)
     malformed_events_per_reason: int = 100
+    fragment_timeout_s: int = 30  # of capture time since a datagram's first fragment, as Linux
+    max_fragment_datagrams: int = 10_000  # pending reassembly; when full the oldest is dropped
+    max_fragment_size: int = 65_535  # bytes a reassembled datagram may carry
+    max_fragment_bytes: int = 32 << 20  # held by pending datagrams, bookkeeping included
     tunnel: TunnelLimits = Field(default_factory=TunnelLimits)
 
     @field_validator("cluster_cidrs")
@@ -161,6 +170,8 @@ class ProbeStats(BaseModel):
     bytes: int = 0
     non_ip: int = 0
     fragments: int = 0
+    reassembled: int = 0
+    fragments_pending: int = 0
     other_protocols: dict[str, int] = Field(default_factory=dict)
     malformed: dict[str, int] = Field(default_factory=dict)
     flows: int = 0
@@ -184,6 +195,8 @@ class Probe:
         self.provenance = Provenance()
         self.tunnels = TunnelDetector(cfg.tunnel)
         self.pending: OrderedDict[tuple[bytes, bytes, int, int], _Query] = OrderedDict()
+        # queries answered within the timeout: (time, name, type, records), to know a repeated answer
+        self.answered: OrderedDict[tuple[bytes, bytes, int, int], tuple[int, str, str, tuple[DnsRecord, ...]]] = OrderedDict()
         self.out: list[EventDoc] = []
         self.held: list[EgressEvent] = []
         self.cluster_dns = {socket.inet_pton(socket.AF_INET6 if ":" in ip else socket.AF_INET, ip) for ip in cfg.cluster_dns}
@@ -196,6 +209,13 @@ class Probe:
         self.bulk = 0  # packets the batched path counted per flow without a look of their own
         self.non_ip = 0
         self.fragments = 0
+        self.reassembled = 0
+        self.frags = Reassembler(
+            max_datagrams=cfg.max_fragment_datagrams,
+            max_size=cfg.max_fragment_size,
+            max_bytes=cfg.max_fragment_bytes,
+            timeout_us=cfg.fragment_timeout_s * _S,
+        )
         self.other: Counter[int] = Counter()
         self.malformed: Counter[str] = Counter()
         self.obs_counts: Counter[str] = Counter()
@@ -399,19 +419,21 @@ class Probe:
             self.non_ip += 1
             return
         proto, addrs, alen, sport, dport, flags, seq, poff, pend = d
+        if proto == FRAGMENT:
+            whole = self._reassemble(ts, d, data)
+            if whole is None:
+                return
+            data, (proto, addrs, alen, sport, dport, flags, seq, poff, pend) = whole
         if proto == TCP or proto == UDP:
             ks, kd = sport, dport
         elif proto == ICMP or proto == ICMPV6:
             ks, kd = (seq, seq) if sport in (0, 8, 128, 129) else (256 + sport, dport)
-        elif proto == FRAGMENT:
-            self.fragments += 1
-            return
         else:  # GRE, ESP, SCTP, ...: a tunnel out is egress like any other, so it is a flow
             self.other[proto] += 1
             ks, kd = 0, 0
         key = (proto, addrs, ks, kd)
         entry = self.table.keys.get(key)
-        if entry is None or (proto == TCP and flags & 0x12 == SYN and entry[0].closed_at):
+        if entry is None or (proto == TCP and flags & 0x12 == SYN and (entry[0].closed_at or entry[0].midstream)):
             if entry is not None:
                 self.table.remove(entry[0])
                 self._emit_flow(entry[0])
@@ -439,6 +461,10 @@ class Probe:
         self, proto: int, addrs: bytes, alen: int, sport: int, dport: int, flags: int, ts: int, itype: int
     ) -> tuple[Flow, int]:
         rev = orient(proto, sport, dport, flags, itype)
+        if rev and proto == UDP and self.nets.internal(addrs[:alen]) and not self.nets.internal(addrs[alen:]):
+            # From inside out, the sender opened it whatever the ports say: DNS-shaped data
+            # from a pod's port 53 is egress, not a lookup by the outside host.
+            rev = False
         if rev:
             flow = Flow(proto, addrs[alen:] + addrs[:alen], alen, dport, sport, ts)
         else:
@@ -459,12 +485,21 @@ class Probe:
 
     def _tcp_flags(self, f: Flow, side: int, flags: int, ts: int, seq: int) -> None:
         if flags & SYN:
+            # An ISN counts until the handshake is answered or data is read: a SYN with a new
+            # ISN after that would re-base reassembly and hide the hello, while the real
+            # connection goes on with the old one.
             if flags & ACK:
                 if side == 1:
+                    if f.rseq < 0 and f.dstreams is None:
+                        f.rseq = (seq + 1) & 0xFFFFFFFF
                     f.synack = True
             elif side == 0:
                 f.syn = True
-                f.nseq = (seq + 1) & 0xFFFFFFFF  # the client's first data byte
+                isn = (seq + 1) & 0xFFFFFFFF  # the client's first data byte
+                if f.stream is None and f.dstreams is None and (f.nseq < 0 or not f.synack):
+                    f.nseq = isn
+                elif isn != f.nseq and f.nseq >= 0 and "SYN with a new ISN ignored: the connection was under way" not in f.notes:
+                    f.notes.append("SYN with a new ISN ignored: the connection was under way")
         if flags & RST and not f.rst:
             f.rst = True
             f.rst_side = side
@@ -478,57 +513,35 @@ class Probe:
 
     def _inspect_tcp(self, f: Flow, side: int, payload: bytes, seq: int, ts: int) -> None:
         if f.insp == INSP_DNS:
-            self._dns_stream(f, side, payload, ts)
+            self._dns_stream(f, side, payload, seq, ts)
             return
         if side:
             if f.insp == INSP_FIRST and f.pk[1] > 16:
                 f.insp = INSP_DONE  # the server talks and the client never does: nothing to read
+                f.stream = None
             return
+        stream = f.stream
+        if stream is None:
+            stream = f.stream = Stream(seq if f.nseq < 0 else f.nseq)  # no SYN seen: take the stream from here
+        took = stream.add(seq, payload)
+        if len(stream.held) > MAX_HELD:
+            self._malformed(ts, "tcp-out-of-order", f)
+            f.notes.append("handshake not reassembled: too many segments out of order")
+            f.insp = INSP_DONE
+            f.stream = None
+            return
+        if not took:
+            return
+        buf = stream.data
         if f.insp == INSP_FIRST:
-            if f.nseq < 0:
-                f.nseq = seq  # no SYN seen: take the stream from here
-            gap = (seq - f.nseq) & 0xFFFFFFFF
-            if gap:
-                if gap < 0x80000000 and len(f.ooo or ()) < 32:  # ahead of the first byte: keep it for later
-                    if f.ooo is None:
-                        f.ooo = {}
-                    f.ooo[seq] = payload
-                return
-            first = payload[0]
-            if first == 0x16:
+            if buf[0] == 0x16:
                 f.insp = INSP_TLS
-            elif dx.looks_like_http(payload):
+            elif dx.looks_like_http(buf):
                 f.insp = INSP_HTTP
             else:
                 f.insp = INSP_DONE
+                f.stream = None
                 return
-            f.buf = bytearray()
-        buf = f.buf
-        assert buf is not None
-        gap = (seq - f.nseq) & 0xFFFFFFFF
-        if gap == 0:
-            buf += payload
-            f.nseq = (seq + len(payload)) & 0xFFFFFFFF
-        elif gap >= 0x80000000:  # retransmission overlapping what we have
-            behind = (f.nseq - seq) & 0xFFFFFFFF
-            if behind < len(payload):
-                buf += payload[behind:]
-                f.nseq = (seq + len(payload)) & 0xFFFFFFFF
-            else:
-                return
-        else:
-            if f.ooo is None:
-                f.ooo = {}
-            if len(f.ooo) >= 32:
-                f.insp = INSP_DONE
-                f.notes.append("handshake not reassembled: too many segments out of order")
-                return
-            f.ooo[seq] = payload
-            return
-        while f.ooo and f.nseq in f.ooo:
-            chunk = f.ooo.pop(f.nseq)
-            buf += chunk
-            f.nseq = (f.nseq + len(chunk)) & 0xFFFFFFFF
         data = bytes(buf)
         try:
             if f.insp == INSP_TLS:
@@ -551,8 +564,7 @@ class Probe:
             self._malformed(ts, "handshake-too-long", f)
             f.insp = INSP_DONE
         if f.insp == INSP_DONE:
-            f.buf = None
-            f.ooo = None
+            f.stream = None
 
     def _inspect_udp(self, f: Flow, payload: bytes, ts: int) -> None:
         if f.pk[0] > 8:
@@ -627,11 +639,28 @@ class Probe:
             return
         self._dns_message(f, side, m, ts, over)
 
-    def _dns_stream(self, f: Flow, side: int, payload: bytes, ts: int) -> None:
-        if f.dbuf is None:
-            f.dbuf = [bytearray(), bytearray()]
-        buf = f.dbuf[side]
-        buf += payload
+    def _dns_stream(self, f: Flow, side: int, payload: bytes, seq: int, ts: int) -> None:
+        """DNS over TCP, per direction in sequence order: a length, then a message. Taken by
+        sequence number, as a receiver does: one retransmitted segment read as new bytes
+        shifts the framing and hides every message after it."""
+        streams = f.dstreams
+        if streams is None:
+            streams = [None, None]
+            f.dstreams = streams
+        stream = streams[side]
+        if stream is None:
+            start = f.nseq if side == 0 else f.rseq
+            stream = streams[side] = Stream(seq if start < 0 else start)  # no handshake seen: from here
+        took = stream.add(seq, payload)
+        if len(stream.held) > MAX_HELD:
+            self._malformed(ts, "tcp-out-of-order", f)
+            f.notes.append("DNS over TCP not followed: too many segments out of order")
+            f.insp = INSP_DONE
+            f.dstreams = None
+            return
+        if not took:
+            return
+        buf = stream.data
         while len(buf) >= 2:
             size = (buf[0] << 8) | buf[1]
             if len(buf) < 2 + size:
@@ -645,7 +674,7 @@ class Probe:
             except Malformed as exc:
                 self._malformed(ts, exc.reason, f)
                 f.insp = INSP_DONE
-                f.dbuf = None
+                f.dstreams = None
                 return
             self._dns_message(f, side, m, ts, "tcp")
 
@@ -653,6 +682,7 @@ class Probe:
         a = f.alen
         snd, rcv = (f.addrs[:a], f.addrs[a:]) if side == 0 else (f.addrs[a:], f.addrs[:a])
         sport, dport = (f.sport, f.dport) if side == 0 else (f.dport, f.sport)
+        f.dns_servers |= 1 << (side if m.response else 1 - side)
         if not m.response:
             key = (snd, rcv, sport, m.id)
             qtype = qtype_name(m.qtype)
@@ -664,15 +694,50 @@ class Probe:
                 _, old = self.pending.popitem(last=False)
                 self._dns_event(old, None, ts, note="pending-query table full: recorded unanswered")
             return
-        q = self.pending.pop((rcv, snd, dport, m.id), None)
-        note = None
-        if q is None:
-            qtype = qtype_name(m.qtype)
-            q = _Query(ts, m.qname, qtype, over, rcv, dport, snd, sport, self.tunnels.signs(rcv, m.qname, qtype, ts))
-            note = "answer without a query seen"
-        self._dns_event(q, m, ts, note=note)
+        # An answer explains addresses only when it answers a query seen from that client to
+        # that resolver (id, ports, question) within the timeout: anyone can send a packet
+        # shaped like an answer, and one that named api.gretel.cloud at an attacker's
+        # address made a direct connection there look resolved.
+        key = (rcv, snd, dport, m.id)
+        qtype = qtype_name(m.qtype)
+        timeout = self.config.dns_timeout_s * _S
+        q = self.pending.get(key)
+        if q is not None and q.qname == m.qname and q.qtype == qtype and q.sport == sport and ts - q.time_us <= timeout:
+            del self.pending[key]
+            answered = self.answered
+            answered[key] = (ts, m.qname, qtype, m.answers)
+            answered.move_to_end(key)
+            if len(answered) > self.config.max_pending_dns:
+                answered.popitem(last=False)
+            self._dns_event(q, m, ts)
+            return
+        seen = self.answered.get(key)
+        if seen is not None and seen[1] == m.qname and seen[2] == qtype and ts - seen[0] <= timeout:
+            q = _Query(ts, m.qname, qtype, over, rcv, dport, snd, sport, [])
+            if _records(seen[3]) == _records(m.answers):
+                self._dns_event(q, m, ts, note="a repeat of the answer to this query", explains=False)
+            else:
+                note = "a second answer to a query already answered, naming other addresses: they are not taken as resolved"
+                self._dns_event(q, m, ts, note=note, explains=False, unsolicited=True)
+            return
+        q = _Query(ts, m.qname, qtype, over, rcv, dport, snd, sport, self.tunnels.signs(rcv, m.qname, qtype, ts))
+        since_start = ts - self.start_us
+        if since_start < timeout and since_start < self.config.dns_warmup_s * _S:
+            self._dns_event(q, m, ts, note="answer without a query seen, within the DNS warm-up after start: its query may predate the capture")
+        elif since_start < timeout:
+            note = "answer without a query seen, just after the capture started: its query may predate the capture; its addresses are not taken as resolved"
+            self._dns_event(q, m, ts, note=note, explains=False)
+        else:
+            note = f"answer to no query seen (same id, ports and question, to this resolver, within {self.config.dns_timeout_s} s): its addresses are not taken as resolved"
+            self._dns_event(q, m, ts, note=note, explains=False, unsolicited=True)
 
-    def _dns_event(self, q: _Query, m: DnsMessage | None, ts: int, note: str | None = None) -> None:
+    def _dns_event(
+        self, q: _Query, m: DnsMessage | None, ts: int, note: str | None = None, *, explains: bool = True, unsolicited: bool = False
+    ) -> None:
+        """One lookup. `explains`: the answer's addresses enter provenance (for a client inside
+        the cluster: an outside host's lookup says nothing of where pods connect);
+        `unsolicited`: it answered no query seen."""
+        explains = explains and m is not None and self.nets.internal(q.client)
         chain: list[str] = []
         answers: list[str] = []
         ttl: int | None = None
@@ -687,15 +752,16 @@ class Probe:
                 if r.rtype in (1, 28):
                     answers.append(r.value)
                     ttl = r.ttl if ttl is None else min(ttl, r.ttl)
-                    addr = socket.inet_pton(socket.AF_INET6 if r.rtype == 28 else socket.AF_INET, r.value)
-                    self.provenance.add(q.client, addr, Resolution(q.qname, tuple(chain), ts, r.ttl))
+                    if explains:
+                        addr = socket.inet_pton(socket.AF_INET6 if r.rtype == 28 else socket.AF_INET, r.value)
+                        self.provenance.add(q.client, addr, Resolution(q.qname, tuple(chain), ts, r.ttl))
                 elif r.rtype != 5:
                     answers.append(r.value)
             if m.truncated:
                 notes.append("truncated answer (TC): the client retries over TCP")
         else:
             notes.append("unanswered")
-        obs: list[str] = []
+        obs: list[str] = ["dns-unsolicited-answer"] if unsolicited else []
         if q.signs:
             obs.append("dns-tunnel")
             notes.append("tunnelling signs: " + ", ".join(q.signs))
@@ -752,12 +818,14 @@ class Probe:
                     notes.append("address explained by another client's lookup")
                 if f.first > latest.time_us + (latest.ttl + 300) * _S:
                     notes.append(f"lookup of {latest.name} is older than its TTL")
-            elif f.midstream:
+            elif f.midstream and (f.sni is None or f.first - self.start_us < self.config.dns_timeout_s * _S):
                 notes.append("DNS provenance unknown: the flow began before the capture")
             elif f.first - self.start_us < self.config.dns_warmup_s * _S:
                 notes.append("no lookup seen, within the DNS warm-up after start")
             else:
                 obs.add("direct-ip")
+                if f.midstream:  # a hello opens a connection: this one began well after the capture did
+                    notes.append("no SYN seen, yet a ClientHello began the flow after the capture started")
             names = names_of(found)
             if f.sni and found and f.sni not in names:
                 obs.add("sni-dns-mismatch")
@@ -783,7 +851,7 @@ class Probe:
         return obs, notes, name, chain, dirn
 
     def _emit_flow(self, f: Flow) -> None:
-        if f.dns_only and f.proto == UDP:
+        if f.dns_only and f.proto == UDP and not self._serves_outside(f):
             return  # every datagram was DNS and is recorded as dns events
         self.flows_out += 1
         if f.crypto is not None or f.insp in (INSP_TLS, INSP_HTTP):
@@ -835,12 +903,25 @@ class Probe:
         else:
             self._emit(ev)
 
+    def _serves_outside(self, f: Flow) -> bool:
+        """A resolver inside the cluster answered, or was asked by, a client outside it: a pod
+        serving DNS to an outside host, or sending answer-shaped data out. Kept as a flow, with
+        its bytes and direction, rather than folded into lookups by that host."""
+        a = f.alen
+        for side in (0, 1):
+            if f.dns_servers >> side & 1:
+                server, client = (f.addrs[:a], f.addrs[a:]) if side == 0 else (f.addrs[a:], f.addrs[:a])
+                if not self.nets.internal(client) and self.nets.internal(server):
+                    f.notes.append("DNS between a resolver inside the cluster and a client outside it")
+                    return True
+        return False
+
     def _emit(self, ev: EventDoc) -> None:
         for o in ev["observations"]:
             self.obs_counts[o] += 1
         self.out.append(ev)
 
-    def _malformed(self, ts: int, reason: str, f: Flow | None) -> None:
+    def _malformed(self, ts: int, reason: str, f: Flow | None, detail: str | None = None) -> None:
         self.malformed[reason] += 1
         if f is not None:
             f.obs.add("malformed")
@@ -854,8 +935,41 @@ class Probe:
             "kind": "flow",
             "time": when(ts) if ts > 0 else when(self.now_us),
             "observations": ["malformed"],
-            "notes": [f"malformed: {reason}"],
+            "notes": [f"malformed: {reason}", detail] if detail else [f"malformed: {reason}"],
         })
+
+    # ------------------------------------------------------------ IP fragments
+
+    def _reassemble(self, ts: int, d: _Headers, data: bytes) -> tuple[bytes, _Headers] | None:
+        """A fragment into its datagram; the datagram rebuilt and decoded once it is whole,
+        for the per-packet path to take as if it had arrived so."""
+        self.fragments += 1
+        _, addrs, _, offset, more, proto, ident, poff, pend = d
+        if pend < poff:
+            self._malformed(ts, "fragment-length", None)
+            return None
+        frags = self.frags
+        whole = frags.add(ts, addrs, proto, ident, offset, more, data[poff:pend], pend - poff)
+        if frags.problems:
+            self._fragment_problems()
+        if whole is None:
+            return None
+        self.reassembled += 1
+        try:
+            got = decode(dx.LINK_RAW, whole)
+        except Malformed as exc:
+            self._malformed(ts, exc.reason, None)
+            return None
+        if got is None or got[0] == FRAGMENT:  # a fragment header inside a reassembled datagram
+            self._malformed(ts, "fragment-nested", None)
+            return None
+        return whole, got
+
+    def _fragment_problems(self) -> None:
+        """Record what the reassembler gave up on or found rewritten, naming what it knew of each datagram."""
+        for reason, key, d in self.frags.problems:
+            self._malformed(d.first, reason, None, _datagram_note(key, d))
+        self.frags.problems.clear()
 
     # ------------------------------------------------------------ time
 
@@ -868,6 +982,10 @@ class Probe:
         cfg = self.config
         for f in self.table.expired(now, tcp_idle=cfg.tcp_idle_s * _S, udp_idle=cfg.udp_idle_s * _S, icmp_idle=cfg.icmp_idle_s * _S, linger=cfg.linger_s * _S):
             self._emit_flow(f)
+        if self.frags.pending:
+            self.frags.expire(now)
+            if self.frags.problems:
+                self._fragment_problems()
         limit = now - cfg.dns_timeout_s * _S
         while self.pending:
             key, q = next(iter(self.pending.items()))
@@ -875,9 +993,14 @@ class Probe:
                 break
             del self.pending[key]
             self._dns_event(q, None, now)
+        answered = self.answered
+        while answered and next(iter(answered.values()))[0] <= limit:
+            answered.popitem(last=False)
 
     def finish(self) -> None:
         """The capture ended: every open flow and pending lookup becomes an event."""
+        self.frags.drain()
+        self._fragment_problems()
         for f in self.table.drain():
             if not f.closed_at:
                 f.notes.append("still open when the capture ended")
@@ -892,6 +1015,8 @@ class Probe:
             bytes=self.bytes,
             non_ip=self.non_ip,
             fragments=self.fragments,
+            reassembled=self.reassembled,
+            fragments_pending=len(self.frags.pending),
             other_protocols={str(k): v for k, v in self.other.items()},
             malformed=dict(self.malformed),
             flows=self.flows_out,
@@ -901,6 +1026,28 @@ class Probe:
             tls=self.tls_out,
             observations=dict(self.obs_counts),
         )
+
+
+def _datagram_note(key: Key, d: Datagram) -> str:
+    """Who sent what to whom, as far as the fragments received tell."""
+    addrs, _, _ = key
+    alen = len(addrs) // 2
+    src, dst = ip_text(addrs[:alen]), ip_text(addrs[alen:])
+    name = {TCP: "TCP", UDP: "UDP", ICMP: "ICMP", ICMPV6: "ICMPv6"}.get(d.proto, f"protocol {d.proto}")
+    if d.proto in (TCP, UDP) and d.starts and d.starts[0] == 0 and len(d.chunks[0]) >= 4:
+        head = d.chunks[0]
+        if alen == 16:
+            src, dst = f"[{src}]", f"[{dst}]"
+        src, dst = f"{src}:{(head[0] << 8) | head[1]}", f"{dst}:{(head[2] << 8) | head[3]}"
+    total = f"{d.total:,}" if d.total >= 0 else "unknown"
+    family = "IPv6" if alen == 16 else "IPv4"
+    return f"{family} {name} fragments {src} -> {dst}: {d.count} received, {d.covered:,} of {total} bytes"
+
+
+def _records(answers: tuple[DnsRecord, ...]) -> frozenset[tuple[int, str]]:
+    """What an answer says, in any order and whatever the TTLs: a resolver answering a
+    retried query again may shuffle its records or count their TTLs down."""
+    return frozenset((r.rtype, r.value) for r in answers)
 
 
 _IP_PROTOCOLS = {47: "gre", 50: "esp", 51: "ah", 132: "sctp", 4: "ipip", 41: "ipv6-in-ipv4", 115: "l2tp"}

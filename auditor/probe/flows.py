@@ -63,13 +63,75 @@ class Networks:
         return hit
 
 
+_SEQ = 0xFFFFFFFF
+MAX_HELD = 32  # pieces a stream holds out of order before the engine gives up on it
+_AHEAD = 1 << 17  # bytes past the next expected one worth holding: a handshake or DNS message is shorter
+
+
+class Stream:
+    """One direction of a TCP connection in sequence order, for what the engine reads
+    (a ClientHello, a request head, DNS messages over TCP).
+
+    A receiver keeps the first copy of every byte it has, so this does too: a
+    retransmission or an overlapping segment never replaces bytes already taken or
+    held out of order. Otherwise a sender could show the probe one hello (or one
+    framing of DNS messages) and the server another.
+    """
+
+    __slots__ = ("next", "data", "held")
+
+    def __init__(self, start: int) -> None:
+        self.next = start & _SEQ  # sequence number of the next byte to take
+        self.data = bytearray()  # bytes taken in order, not yet consumed by the reader
+        self.held: dict[int, bytes] = {}  # ahead of `next`: sequence number -> bytes, never overlapping
+
+    def add(self, seq: int, payload: bytes) -> bool:
+        """Take the segment's new bytes; True when `data` grew. More than MAX_HELD pieces
+        in `held` afterwards means the stream cannot be followed."""
+        nxt = self.next
+        start = (seq - nxt) & _SEQ
+        if start >= 0x80000000:
+            start -= _SEQ + 1  # begins before `next`: only its tail can be new
+        end = start + len(payload)
+        if end <= 0 or start >= _AHEAD:
+            return False
+        held = self.held
+        if start <= 0 and not held:
+            self.data += payload[-start:] if start else payload
+            self.next = (nxt + end) & _SEQ
+            return True
+        lo = max(start, 0)
+        for at, size in sorted(((s - nxt) & _SEQ, len(b)) for s, b in held.items()):
+            if at >= end:
+                break
+            if at + size <= lo:
+                continue
+            if at > lo:
+                held[(nxt + lo) & _SEQ] = payload[lo - start : at - start]
+            lo = at + size
+            if lo >= end:
+                break
+        if lo < end:
+            held[(nxt + lo) & _SEQ] = payload[lo - start :]
+        chunk = held.pop(nxt, None)
+        if chunk is None:
+            return False
+        data = self.data
+        while chunk is not None:
+            data += chunk
+            nxt = (nxt + len(chunk)) & _SEQ
+            chunk = held.pop(nxt, None)
+        self.next = nxt
+        return True
+
+
 class Flow:
     """One connection. Side 0 opened it (the initiator), side 1 answered."""
 
     __slots__ = (
         "proto", "addrs", "alen", "sport", "dport", "first", "last", "pk", "by", "syn", "synack", "fin", "rst",
-        "rst_side", "insp", "buf", "nseq", "ooo", "dbuf", "sni", "alpn", "ech", "grease", "http", "quic", "crypto",
-        "midstream", "notes", "obs", "closed_at", "icmp_max", "dns_only", "evicted",
+        "rst_side", "insp", "nseq", "rseq", "stream", "dstreams", "sni", "alpn", "ech", "grease", "http", "quic",
+        "crypto", "midstream", "notes", "obs", "closed_at", "icmp_max", "dns_only", "dns_servers", "evicted",
     )  # fmt: skip
 
     def __init__(self, proto: int, addrs: bytes, alen: int, sport: int, dport: int, ts: int) -> None:
@@ -88,10 +150,10 @@ class Flow:
         self.rst = False
         self.rst_side = -1
         self.insp = INSP_DONE
-        self.buf: bytearray | None = None
-        self.nseq = -1
-        self.ooo: dict[int, bytes] | None = None
-        self.dbuf: list[bytearray] | None = None
+        self.nseq = -1  # the client's first data byte, from its SYN (-1: no SYN seen)
+        self.rseq = -1  # the server's, from its SYN-ACK
+        self.stream: Stream | None = None  # the client's bytes while a handshake or request head is read
+        self.dstreams: list[Stream | None] | None = None  # DNS over TCP, per side
         self.sni: str | None = None
         self.alpn: tuple[str, ...] = ()
         self.ech = False
@@ -105,6 +167,7 @@ class Flow:
         self.closed_at = 0
         self.icmp_max = 0
         self.dns_only = proto == UDP and (sport == 53 or dport == 53)
+        self.dns_servers = 0  # DNS: bit per side that answered, or was asked, as a resolver
         self.evicted = False
 
     @property

@@ -274,6 +274,7 @@ class _Session:
             "malformed": s.stats.malformed,
             "non_ip": s.stats.non_ip,
             "fragments": s.stats.fragments,
+            "reassembled": s.stats.reassembled,
             "other_protocols": s.stats.other_protocols,
             "evicted_flows": s.stats.evicted_flows,
             "kernel_dropped": s.capture.dropped,

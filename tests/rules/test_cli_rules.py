@@ -25,7 +25,7 @@ def test_validate_shipped_pack_and_example_overlay() -> None:
     assert lines[0].startswith("pack gretel-hybrid: ") and "gretel-hybrid.yaml sha256:" in lines[0]
     assert lines[1].startswith("overlay example-corp-prod: rules/site-example.yaml sha256:")
     assert lines[2].startswith(
-        "OK gretel-hybrid: 5 endpoints, 8 site endpoints, 65 rules, 13 metadata kinds, 6 forbidden classes, region us-west-2; digest sha256:"
+        "OK gretel-hybrid: 5 endpoints, 8 site endpoints, 66 rules, 13 metadata kinds, 6 forbidden classes, region us-west-2; digest sha256:"
     )
 
 

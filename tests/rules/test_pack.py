@@ -21,7 +21,7 @@ METADATA_KINDS = [
 ]
 OBSERVATIONS = [
     "direct-ip", "bypass", "sni-host-mismatch", "sni-dns-mismatch", "plaintext-http", "cert-name-mismatch",
-    "tls-not-opened", "dns-tunnel", "dns-foreign-resolver", "doh", "dot", "quic", "icmp-payload", "inbound",
+    "tls-not-opened", "dns-tunnel", "dns-foreign-resolver", "dns-unsolicited-answer", "doh", "dot", "quic", "icmp-payload", "inbound",
     "malformed", "body-truncated", "client-disconnect", "port-mismatch", "registry-not-named",
 ]
 LABELS = [
