@@ -9,6 +9,8 @@ type and length, data becomes its shape.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import math
 import re
 import struct
@@ -19,7 +21,7 @@ from dataclasses import dataclass
 import hyperscan
 import numpy as np
 
-from auditor.classify.decode import utf8
+from auditor.classify.decode import as_text, compression_of, is_tar, is_zip, utf8
 from auditor.classify.scan import any_match, database, scan
 from auditor.model import DetectorFinding
 from auditor.redact import SECRET_PATTERNS, secret_excerpt
@@ -74,6 +76,25 @@ def entropy_finding(data: bytes, path: str, min_size: int = 1024) -> DetectorFin
         offset=0,
         excerpt=f"{len(data)} bytes, entropy {h:.2f} bits/byte, chi2 {chi:.0f}: {looks}",
     )
+
+
+def not_ciphertext(value: str) -> str | None:
+    """Why a value sent as `encrypted_credentials` is not the KMS ciphertext the contract
+    says it is (None when it can be): KMS services return binary ciphertext, sent base64
+    encoded, so plaintext, text under base64 or a known file format under it is a leak
+    dressed as ciphertext. Short values say too little to judge either way."""
+    core = "".join(value.split())
+    if len(core) < 24:
+        return None
+    try:
+        raw = base64.b64decode(core.replace("-", "+").replace("_", "/") + "=" * (-len(core) % 4), validate=True)
+    except (binascii.Error, ValueError):
+        return "not base64: KMS ciphertext is sent base64-encoded"
+    if as_text(raw) is not None:
+        return "base64 of readable text, not of ciphertext"
+    found = magic(raw)
+    kind = found.what if found else compression_of(raw) or ("zip archive" if is_zip(raw) else "tar archive" if is_tar(raw) else None)
+    return f"base64 of a {kind}, not of ciphertext" if kind else None
 
 
 # --- magic bytes ------------------------------------------------------------------------------

@@ -1,6 +1,8 @@
 """classify(): one body in, one PayloadInfo out, within the limits, never an exception.
 
-Order of work: the route (forbidden, unrecognised, query), the content codings, then
+Order of work: the route (forbidden, unrecognised), what the request carries outside
+its body (query keys and values, path segments, header values: `carried_checks`),
+the content codings, then
 the body by what it is (archive, compressed, magic, multipart, form, JSON, NDJSON,
 YAML, text), validated against its route model when it has one. Whole-part gates (one
 keyword pass, which also spots escapes and strings opening with a bracket, and one
@@ -10,8 +12,8 @@ has a msgspec mirror (`routes.typed`) is parsed and validated in one C pass into
 Structs, and only the metadata kinds are read off it: no dict per object and no walk,
 so a 5,000-entry status history costs what its decoding costs. That the raw text is
 plain is proven without making a gate: two Hyperscan passes that stop at the first
-sign of anything (`detectors.silent`) and the encoded-run search. Query values the
-keyword pass and the run search find nothing in only count nodes. Other plain metadata
+sign of anything (`detectors.silent`) and the encoded-run search. Query and header
+strings the keyword pass and the run search find nothing in only count nodes. Other plain metadata
 costs one parse, a few C-level scans and a structure-only walk (one loop per shape of
 dict, not per dict) that also checks each value's type against the route schema, so
 pydantic runs only for a body the walk cannot vouch for. Measured on a shared 2-core
@@ -62,7 +64,7 @@ from auditor.classify.decode import (
 from auditor.classify.fingerprint import Candidates, FingerprintSet, cells_of
 from auditor.classify.fingerprint import match as fp_match
 from auditor.model import DetectorFinding, PayloadInfo
-from auditor.redact import mask, redact_text
+from auditor.redact import is_sensitive_param, mask, redact_text
 
 VIOLATION_LABELS = frozenset(
     {
@@ -322,6 +324,8 @@ class _Run:
         lazy = model if self.uncapped else None
         if model is not None and lazy is None:
             self.schema(model, doc, path, len(self.findings))
+        if model is rt.Connection and doc.__class__ is dict:
+            self.ciphertext(doc.get("encrypted_credentials"), f"{path}.encrypted_credentials")
         self.unsure = doc.__class__ is not dict
         at = len(self.findings)
         try:
@@ -630,6 +634,15 @@ class _Run:
             return
         self.finding("schema", "extra-field", path, f"field {redact_text(key)!r} is not part of the route schema", "LIKELY")
 
+    def ciphertext(self, value: Any, path: str) -> None:
+        """`encrypted_credentials` is opaque to the detectors because it is ciphertext: that
+        claim is checked (the string, or its `ciphertext`-named members)."""
+        items = [(path, value)] if isinstance(value, str) else [(f"{path}.{k}", v) for k, v in value.items() if "cipher" in str(k).lower()] if isinstance(value, dict) else []
+        for where, v in items:
+            why = det.not_ciphertext(v) if isinstance(v, str) else "not a string"
+            if why:
+                self.finding("schema", "plaintext-credentials", where, f"encrypted_credentials is {why}")
+
     def runner_mode(self, value: Any, path: str) -> None:
         values = value if isinstance(value, list) else str(value).split(",") if value is not None else []
         for v in values:
@@ -893,11 +906,6 @@ def _make_plan(model: type[rt.Body] | None, keys: tuple[Any, ...], classes: tupl
     return _Plan(frozenset(kinds), tuple(children), strings, sure, tuple(literal))
 
 
-def _route_checks(run: _Run, method: str | None, path: str | None, host: str | None, route: rt.Route | None, gretel: bool) -> None:
-    _path_checks(run, method, path, route, gretel)
-    _query_checks(run, path, route)
-
-
 def _path_checks(run: _Run, method: str | None, path: str | None, route: rt.Route | None, gretel: bool) -> None:
     """What the method and the path without its query say."""
     if route is not None:
@@ -921,29 +929,100 @@ def _path_checks(run: _Run, method: str | None, path: str | None, route: rt.Rout
 
 
 def _query_checks(run: _Run, path: str | None, route: rt.Route | None) -> None:
-    """Every query value is a string leaf of the request, judged like one."""
+    """Every query value, and every key, is a string leaf of the request, judged like one:
+    a key can carry a record as well as a value can. Each pair counts as a node."""
     if path is None or "?" not in path:
         return
     query = rt.query_of(path)
-    # one gate for all values: no keyword and no encoded run spans a newline
-    joined = "\n".join(v for _, v in query)
+    leaves = [(i, k, v) for i, (k, v) in enumerate(query)]
+    _carried_strings(run, [x for x in leaves if not is_sensitive_param(x[1])], "query")
+    _carried_strings(run, [x for x in leaves if is_sensitive_param(x[1])], "query", own_auth=True)
+    run.budget.node(len(query))
+    if route is not None and route.template == "/projects/models" and dict(query).get("type") == "run":
+        run.model_run = True
+
+
+_AUTH_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie"})
+_PLAIN_NAME = re.compile(r"[A-Za-z0-9_.\-]{1,64}")  # a name that can stand in a field path
+
+
+def _carried_strings(run: _Run, leaves: list[tuple[int, str, str]], where: str, *, own_auth: bool = False) -> None:
+    """(position, name, value) strings a request carries outside its body, judged as
+    leaves under one gate (no keyword and no encoded run spans a newline); names are
+    leaves too. A name that could be data is reported by position, never as a path.
+    They are not body values: the node cap counts only what decoding them yields.
+    `own_auth`: these authenticate the request itself (an API key, a session cookie, a
+    presigned URL's signature: the parameters the redactor hides), so a credential among
+    them is no leak; data still is."""
+    if not leaves:
+        return
+    mark = len(run.findings)
+    _judge_carried(run, leaves, where)
+    if own_auth:
+        run.findings[mark:] = [f for f in run.findings[mark:] if f.label != "credential"]
+
+
+def _judge_carried(run: _Run, leaves: list[tuple[int, str, str]], where: str) -> None:
+    joined = "\n".join(f"{k}: {v}" for _, k, v in leaves)
     if (
         "%" not in joined
         and run.ctx.fingerprints is None
-        and all(len(v) <= 64 and k not in _RUNNER_KEYS for k, v in query)
+        and all(len(v) <= 64 and len(k) <= 64 and k not in _RUNNER_KEYS for _, k, v in leaves)
         and not det.keyword_hits(joined.lower())
         and not maybe_encoded(joined, run.limits.min_embedded)
     ):
-        run.budget.node(len(query))  # short values with nothing a gate would find: each leaf would only count a node
-    else:
-        gate = run.gate(joined)
-        for k, v in query:
-            sub = f"query.{k}"
-            if k in _RUNNER_KEYS:
-                run.runner_mode(v, sub)
-            run.leaf(v, sub, 0, gate, free=len(v) > 64, opaque=False)
-    if route is not None and route.template == "/projects/models" and dict(query).get("type") == "run":
-        run.model_run = True
+        return  # short strings with nothing a gate would find
+    gate = run.gate(joined)
+    run.budget.nodes -= 2 * len(leaves)  # each leaf() below counts one
+    for i, k, v in leaves:
+        sub = f"{where}.{k}" if _PLAIN_NAME.fullmatch(k) else f"{where}[{i}]"
+        if k in _RUNNER_KEYS:
+            run.runner_mode(v, sub)
+        run.leaf(k, f"{where}[{i}]<name>", 0, gate, free=len(k) > 64, opaque=False)
+        run.leaf(v, sub, 0, gate, free=len(v) > 64, opaque=False, key=k)
+
+
+def _segment_checks(run: _Run, path: str | None) -> None:
+    """Path segments, percent-decoded, judged as leaves for what keywords miss: encoded
+    runs, fingerprinted cells, long free text (keywords in the path are `_path_checks`')."""
+    if not path:
+        return
+    shortest = 1 if run.ctx.fingerprints is not None else run.limits.min_embedded  # shorter holds no encoded run
+    parts = (s for s in unquote(path.split("?", 1)[0]).split("/") if s)
+    segments = [(i, s) for i, s in enumerate(parts) if len(s) >= shortest]
+    if not segments:
+        return
+    gate = _Gate(hits={}, runs=True)
+    run.budget.nodes -= len(segments)  # not body values: each leaf() below counts one
+    for i, seg in segments:
+        run.leaf(seg, f"url.path[{i}]", 0, gate, free=len(seg) > 64, opaque=False)
+
+
+def carried_checks(run: _Run, path: str | None, route: rt.Route | None, headers: typing.Sequence[tuple[str, str]]) -> None:
+    """What a request carries out besides its body: query, path segments, headers."""
+    _query_checks(run, path, route)
+    _segment_checks(run, path)
+    _header_checks(run, headers)
+
+
+def _header_checks(run: _Run, headers: typing.Sequence[tuple[str, str]]) -> None:
+    """Header values (each cookie apart) are strings the request carries out like its
+    body. A credential in the headers that authenticate the request (the API key in
+    `Authorization`, a session cookie) is its own, not a leak; anything else there is."""
+    plain: list[tuple[int, str, str]] = []
+    auth: list[tuple[int, str, str]] = []
+    cookies: list[tuple[int, str, str]] = []
+    for i, (name, value) in enumerate(headers):
+        low = name.lower()
+        if low == "cookie":
+            for part in value.split(";"):
+                k, _, v = part.strip().partition("=")
+                cookies.append((len(cookies), k, v))
+        elif not low.startswith(":"):
+            (auth if low in _AUTH_HEADERS else plain).append((i, low, value))
+    _carried_strings(run, plain, "header")
+    _carried_strings(run, auth, "header", own_auth=True)
+    _carried_strings(run, cookies, "header.cookie", own_auth=True)
 
 
 @functools.lru_cache(maxsize=4096)
@@ -967,8 +1046,10 @@ def classify(
     content_encoding: str | None = None,
     limits: Limits | None = None,
     context: ClassifyContext | None = None,
+    headers: typing.Sequence[tuple[str, str]] = (),
 ) -> PayloadInfo:
-    """Judge one request body against its route and every detector. Never raises.
+    """Judge one request (its body, path, query and `headers`) against its route and
+    every detector. Never raises.
 
     `host` None means "judge by route alone" (a file on the command line); a host that
     is not a Gretel API host gets the detectors but no route schema."""
@@ -983,9 +1064,9 @@ def classify(
             if findings:
                 run.findings.extend(f.model_copy() for f in findings)
             run.kinds.update(kinds)
-            _query_checks(run, path, route)
         else:
-            _route_checks(run, method, path, host, route, gretel)
+            _path_checks(run, method, path, route, gretel)
+        carried_checks(run, path, route, headers)
         if body:
             model = route.body if route else None
             if route is not None and route.body is None:

@@ -13,13 +13,14 @@ from __future__ import annotations
 import codecs
 import hashlib
 import zlib
+from collections.abc import Sequence
 
 import brotli
 import zstandard
 
 from auditor.classify import detectors as det
 from auditor.classify.decode import Budget, LimitExceeded, Limits, Undecodable, _check_ratio, as_text, compression_of, is_tar, is_zip
-from auditor.classify.engine import VIOLATION_LABELS, ClassifyContext, _Gate, _Run, classify
+from auditor.classify.engine import VIOLATION_LABELS, ClassifyContext, _Gate, _Run, carried_checks, classify
 from auditor.classify.fingerprint import cells_of
 from auditor.classify.fingerprint import match as fp_match
 from auditor.classify.routes import is_gretel_host, match
@@ -99,8 +100,10 @@ class IncrementalScanner:
         limits: Limits | None = None,
         context: ClassifyContext | None = None,
         whole_cap: int = 1 << 20,
+        headers: Sequence[tuple[str, str]] = (),
     ):
         self.method, self.path, self.host = method, path, host
+        self.headers = headers
         self.content_type, self.content_encoding = content_type, content_encoding
         self.limits = limits or Limits()
         self.context = context or ClassifyContext()
@@ -238,6 +241,7 @@ class IncrementalScanner:
                 content_encoding=self.content_encoding,
                 limits=self.limits,
                 context=self.context,
+                headers=self.headers,
             )
         run = self._run
         if not self._stopped:
@@ -260,6 +264,10 @@ class IncrementalScanner:
             run.finding("fingerprint", "training-data", self._fp_path, f"{self._rows} rows of {src}", "VERY_LIKELY", None, self._rows)
         gretel = self.host is None or is_gretel_host(self.host)
         route = match(self.method, self.path, self.host) if gretel else None
+        try:
+            carried_checks(run, self.path, route, self.headers)
+        except Exception as exc:  # the body's verdict stands; what broke is the reason
+            self._stopped = self._stopped or f"classifier-error: {type(exc).__name__}"
         reason = self._stopped or f"over-inspect-cap: {self._size} bytes scanned as a stream, structure not validated"
         labels = {f.label for f in run.findings} | {"uninspectable"}
         if gretel and route is None and self.method:

@@ -45,12 +45,11 @@ def _event(entry: dict, sensor_id: str) -> EgressEvent:
     raw = base64.b64decode(body) if post.get("encoding") == "base64" else body.encode()
     content_type = post.get("mimeType") or _header(headers, "content-type")
     content_encoding = _header(headers, "content-encoding")
-    payload = None
-    if raw:
-        payload = classify(
-            raw, method=req["method"], path=url.path or "/", host=url.hostname,
-            content_type=content_type, content_encoding=content_encoding,
-        )
+    payload = classify(  # bodyless too: the path, query and headers carry data out as well
+        raw, method=req["method"], path=(url.path or "/") + (f"?{url.query}" if url.query else ""), host=url.hostname,
+        content_type=content_type, content_encoding=content_encoding,
+        headers=[(str(h.get("name", "")), str(h.get("value", ""))) for h in headers],
+    )
     status = resp.get("status")
     return EgressEvent(
         time=datetime.fromisoformat(entry["startedDateTime"].replace("Z", "+00:00")),

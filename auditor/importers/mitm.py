@@ -39,12 +39,11 @@ def _http(flow: http.HTTPFlow, sensor_id: str) -> EgressEvent:
     info.request_bytes_decoded = len(decoded or b"")
     if flow.response is not None:
         info.response_bytes_wire = len(flow.response.raw_content or b"")
-    payload = None
-    if body:
-        payload = classify(
-            body, method=req.method, path=info.path, host=req.pretty_host,
-            content_type=info.content_type, content_encoding=info.content_encoding,
-        )
+    payload = classify(  # bodyless too: the path, query and headers carry data out as well
+        body, method=req.method, path=req.path, host=req.pretty_host,
+        content_type=info.content_type, content_encoding=info.content_encoding,
+        headers=tuple(req.headers.items(multi=True)),
+    )
     notes = []
     if flow.error:
         notes.append(f"flow error: {flow.error.msg}")

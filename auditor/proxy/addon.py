@@ -760,11 +760,10 @@ class AuditorAddon:
                 event.payload = PayloadInfo(size=len(body), inspected=False, not_inspected_reason=f"classifier failed: {type(exc).__name__}: {exc}")
         else:
             event.http.request_bytes_wire = event.http.request_bytes_decoded = 0
-            if "?" in req.path:  # a bodyless request still carries its query string out: classify the URL
-                try:
-                    event.payload = inspect_whole(b"", self._body_ctx(flow), self.limits)
-                except Exception as exc:  # a classifier bug is recorded, never fatal to the proxy
-                    event.payload = PayloadInfo(size=0, inspected=False, not_inspected_reason=f"classifier failed: {type(exc).__name__}: {exc}")
+            try:  # a bodyless request still carries its path, query and headers out
+                event.payload = inspect_whole(b"", self._body_ctx(flow), self.limits)
+            except Exception as exc:  # a classifier bug is recorded, never fatal to the proxy
+                event.payload = PayloadInfo(size=0, inspected=False, not_inspected_reason=f"classifier failed: {type(exc).__name__}: {exc}")
         event.decision = self._judge(event)
         return event
 
@@ -814,6 +813,7 @@ class AuditorAddon:
             content_type=req.headers.get("content-type"),
             content_encoding=req.headers.get("content-encoding"),
             context=self.classify_context,
+            headers=tuple(req.headers.items(multi=True)),
         )
 
     # --- WebSocket -----------------------------------------------------------------

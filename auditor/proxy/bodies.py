@@ -29,6 +29,7 @@ class BodyContext:
     content_type: str | None
     content_encoding: str | None
     context: ClassifyContext | None = None
+    headers: tuple[tuple[str, str], ...] = ()  # judged like the body (`carried_checks`)
 
 
 @dataclass
@@ -66,6 +67,7 @@ def inspect_whole(body: bytes, ctx: BodyContext, limits: Limits) -> PayloadInfo:
         content_encoding=ctx.content_encoding,
         limits=limits,
         context=ctx.context,
+        headers=ctx.headers,
     )
     info.size = info.size or len(body)
     return info
@@ -115,6 +117,7 @@ class StreamedBody:
             content_encoding=self.ctx.content_encoding,
             limits=self.limits,
             context=self.ctx.context,
+            headers=self.ctx.headers,
             whole_cap=0,  # we already held the cap's worth; scan from the first byte on
         )
 

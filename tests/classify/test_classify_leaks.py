@@ -366,3 +366,86 @@ def test_secrets_in_keys_and_names_are_redacted_too() -> None:
     _clean_json(info, GRETEL_KEY)
     info = classify(b"x", method="PUT", path=f"/upload/{GRETEL_KEY}/model.tar.gz", host=HOST)
     _clean_json(info, GRETEL_KEY)
+
+
+_ROW_TEXT = "".join(f"{r['name']},{r['email']},{r['city']},{r['account']}\n" for r in ROWS)
+_AGENT_HEADERS = [
+    ("Authorization", GRETEL_KEY),
+    ("X-Gretel-Clusterid", "cl_2TQzSKdvhF9PNPqDxHXC7Zw8MFb"),
+    ("X-Gretel-AppVersion", "0.18.3"),
+    ("X-Gretel-ImageVersion", "0.18.3"),
+    ("User-Agent", "python-requests/2.31.0"),
+    ("Accept-Encoding", "gzip, deflate"),
+]
+
+
+@pytest.mark.parametrize(
+    ("path", "headers", "where"),
+    [
+        ("/projects/" + quote(_ROW_TEXT, safe=""), [], "url.path[1]"),
+        ("/projects/" + base64.urlsafe_b64encode(_ROW_TEXT.encode()).decode(), [], "url.path[1]<base64@0>"),
+        ("/users/me/billing?" + quote(_ROW_TEXT, safe="") + "=1", [], "query[0]<name>"),
+        ("/users/me/billing", [("X-Trace", base64.b64encode(_ROW_TEXT.encode()).decode())], "header.x-trace<base64@0>"),
+        ("/users/me/billing", [("Cookie", "theme=dark; s=" + quote(_ROW_TEXT))], "header.cookie.s<url>"),
+        ("/users/me/billing", [("Authorization", "Bearer " + base64.b64encode(_ROW_TEXT.encode()).decode())], "header.authorization<base64@7>"),
+    ],
+    ids=["path-escaped", "path-base64", "query-key", "header-base64", "cookie", "authorization"],
+)
+def test_records_a_bodyless_request_carries_outside_its_body(path: str, headers: list[tuple[str, str]], where: str) -> None:
+    info = classify(b"", method="GET", path=path, host=HOST, headers=[*_AGENT_HEADERS[1:], *headers])
+    assert "training-data" in info.labels and "metadata" not in info.labels, info.findings
+    assert where in {f.field_path for f in info.findings}
+    _clean_json(info, "alice.smith@example.com", "ACC-99812345")
+
+
+def test_the_agents_own_headers_and_api_key_are_metadata_but_another_credential_is_not() -> None:
+    info = classify(b"", method="GET", path="/users/me/billing", host=HOST, headers=_AGENT_HEADERS)
+    assert info.labels == ["metadata"] and not info.findings
+    cookie = "session=eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.dozjgNryP4J3jVmNHl0w5N_XgL0n3I9PpPRcsUQnGWo"
+    assert classify(b"", method="GET", path="/users/me/billing", host=HOST, headers=[*_AGENT_HEADERS, ("Cookie", cookie)]).labels == ["metadata"]
+    leak = [*_AGENT_HEADERS, ("X-Debug", "aws_secret_access_key=wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY")]
+    info = classify(b"", method="GET", path="/users/me/billing", host=HOST, headers=leak)
+    assert "credential" in info.labels and {f.field_path for f in info.findings} == {"header.x-debug"}
+    _clean_json(info, "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY", GRETEL_KEY)
+
+
+def test_a_streamed_body_still_judges_its_query_and_headers() -> None:
+    scan = IncrementalScanner(
+        method="POST", path="/v1/workflows?x=1", host=HOST, whole_cap=0,
+        headers=[("X-Trace", base64.b64encode(_ROW_TEXT.encode()).decode())],
+    )
+    scan.feed(b'{"name": "w"}' + b" " * 4096)
+    info = scan.finish()
+    assert not info.inspected and "training-data" in info.labels
+
+
+def test_a_presigned_urls_signature_is_its_own_credential_but_a_key_in_another_parameter_leaks() -> None:
+    presigned = (
+        "/acme/model/m1/model.tar.gz?X-Amz-Algorithm=AWS4-HMAC-SHA256"
+        "&X-Amz-Credential=AKIAIOSFODNN7EXAMPLE%2F20261126%2Fus-west-2%2Fs3%2Faws4_request"
+        "&X-Amz-Date=20261126T000000Z&X-Amz-Expires=900&X-Amz-SignedHeaders=host"
+        "&X-Amz-Signature=" + "0f" * 32
+    )
+    info = classify(b"", method="GET", path=presigned, host="artifacts.gretel.cloud")
+    assert "credential" not in info.labels, info.findings
+    info = classify(b"", method="GET", path=presigned + "&note=aws_secret_access_key%3DwJalrXUtnFEMI%2FK7MDENG%2FbPxRfiCYEXAMPLEKEY", host="artifacts.gretel.cloud")
+    assert "credential" in info.labels and {f.field_path for f in info.findings if f.label == "credential"} <= {"query.note", "query.note<url>"}
+
+
+@pytest.mark.parametrize(
+    ("value", "leaks"),
+    [
+        (base64.b64encode(b"\x01\x02\x02\x00" + os.urandom(180)).decode(), False),  # a KMS ciphertext blob
+        ({"ciphertext": base64.b64encode(os.urandom(180)).decode(), "key_id": "arn:aws:kms:us-west-2:111122223333:key/1234abcd"}, False),
+        (_ROW_TEXT, True),
+        (base64.b64encode(b"aws_access_key_id=AKIAIOSFODNN7EXAMPLE\naws_secret_access_key=wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY").decode(), True),
+        (base64.b64encode(gzip.compress(_ROW_TEXT.encode() * 20)).decode(), True),
+        ({"ciphertext": base64.b64encode(_ROW_TEXT.encode()).decode()}, True),
+    ],
+    ids=["kms-blob", "kms-dict", "csv", "b64-text", "b64-gzip", "dict-b64-text"],
+)
+def test_encrypted_credentials_must_look_like_ciphertext(value: object, leaks: bool) -> None:
+    body = json.dumps({"project_id": "p1", "name": "pg", "type": "postgres", "encrypted_credentials": value}).encode()
+    info = classify(body, method="POST", path="/v1/connections", host=HOST, content_type="application/json")
+    assert ("plaintext-credentials" in info.labels) is leaks, info.findings
+    assert ("metadata" in info.labels) is not leaks
