@@ -45,7 +45,8 @@ from auditor.proxy.bodies import (
     inspect_held,
     inspect_whole,
 )
-from auditor.proxy.gate import GATED, Gate, gate_layers
+from auditor.proxy.gate import FORWARDED, GATED, Gate, gate_layers
+from auditor.proxy.h1 import TRAILERS_REFUSED
 from auditor.proxy.pool import POOL_MIN_BYTES, ClassifyPool, ContextFiles, default_workers
 from auditor.proxy.events import destination_of, http_info, reroute, rerouted_to, source_of, upstream_of, when
 from auditor.rules import registry
@@ -657,6 +658,7 @@ class AuditorAddon:
             if event is None:
                 event = self._http_event(flow, self._pool_result(flow))
             self._complete(flow, event)
+            self._cut_request(flow, event)
             self._emit(event)
         except Exception as exc:  # one bad flow must never take the sensor down
             log.exception("auditor: could not record flow")
@@ -717,6 +719,34 @@ class AuditorAddon:
             event.decision = self._judge(event)
         if event.payload is not None and not event.payload.inspected:
             self.counts["not_inspected"] += 1
+
+    def _cut_request(self, flow: http.HTTPFlow, event: EgressEvent) -> None:
+        """A request that failed before its body ended (HTTP/1 trailers, a client hang-up):
+        its body was never whole, so never inspected, and the event may not say "allowed";
+        it says how much of the request reached the upstream."""
+        req = flow.request
+        if flow.error is None or req.timestamp_end is not None or _body_length(req) == 0:
+            return
+        trailers = TRAILERS_REFUSED in flow.error.msg
+        if trailers:
+            event.notes.append("the chunked request body ended with trailer fields, which the proxy cannot inspect or forward: it closed the connection")
+        streamer: StreamedBody | None = flow.metadata.get("auditor_stream")
+        forwarded = bool(flow.metadata.get(FORWARDED))
+        if forwarded:  # a streamer holds bytes back until the inspect cap is crossed, then passes all it gets
+            sent = streamer.size if streamer is not None and streamer.streamed else 0
+            event.notes.append(f"forwarded in part: the request head and {sent} bytes of its body reached the upstream before the cut; the end of the body did not")
+        else:
+            event.notes.append("not forwarded: nothing of this request was sent upstream")
+        reason = "request ended before its body did: " + flow.error.msg[:200]
+        if event.payload is None:
+            event.payload = PayloadInfo(size=streamer.size if streamer is not None else 0, inspected=False, not_inspected_reason=reason)
+            self.counts["not_inspected"] += 1
+        _add(event.observations, "body-truncated")
+        decision = event.decision
+        if decision is None or decision.action == "allowed":
+            decision = Decision(action="unverified", rule_id="payload.not-inspected", severity="medium", reasons=[f"request body not inspected: {reason}"])
+        # enforce mode holds bodies: a request refused for its trailers connected nowhere (REFUSED_NOTE)
+        event.decision = self._refused(event, decision) if trailers and not forwarded and self.mode == "enforce" else decision
 
     def _login_registry(self, flow: http.HTTPFlow) -> str | None:
         """The registry a get_login answer names (red flag 10); its bytes are decoded within

@@ -42,26 +42,31 @@ def alpn_of(conn: connection.Connection) -> str | None:
     return conn.alpn.decode("ascii", "replace") if conn.alpn else None
 
 
-# --connect-to reroutes, by server connection id: the port the client asked for. The
+# --connect-to reroutes, by server connection id: the address the client asked for. The
 # proxy records where the job sent a request (that is what the policy judges) and says
 # in a note where it delivered it. Events are finished after their connection closes,
 # so entries are not dropped at disconnect: the oldest go once there are MAX_REROUTES
 # (only test setups reroute). Ids are unique: every proxy in the process may share it.
-_asked_port: OrderedDict[str, int] = OrderedDict()
+_asked: OrderedDict[str, tuple[str, int]] = OrderedDict()
 MAX_REROUTES = 65536
 
 
 def reroute(server: connection.Server, asked: tuple[str, int], to: tuple[str, int]) -> None:
     """Send `server`'s connection to `to` instead of `asked` (curl's --connect-to)."""
     server.address = to
-    _asked_port[server.id] = asked[1]
-    if len(_asked_port) > MAX_REROUTES:
-        _asked_port.popitem(last=False)
+    _asked[server.id] = (asked[0], asked[1])
+    if len(_asked) > MAX_REROUTES:
+        _asked.popitem(last=False)
+
+
+def asked_address(server: connection.Server) -> tuple[str, int] | None:
+    """The address a rerouted connection was opened for (mitmproxy only knows where it went)."""
+    return _asked.get(server.id)
 
 
 def rerouted_to(server: connection.Server) -> str | None:
     """`ADDR:PORT` a --connect-to rule sent this connection to, or None."""
-    if server.id not in _asked_port or not server.address:
+    if server.id not in _asked or not server.address:
         return None
     host, port = server.address[0], server.address[1]
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
@@ -70,7 +75,7 @@ def rerouted_to(server: connection.Server) -> str | None:
 def upstream_of(server: connection.Server) -> tuple[str | None, int | None]:
     """The address actually connected to, else the one asked for; the port is the one the
     client asked for when --connect-to sent the connection elsewhere (`reroute`)."""
-    asked = _asked_port.get(server.id)
+    asked = _asked[server.id][1] if server.id in _asked else None
     if server.peername:
         return _plain_ip(server.peername[0]), asked or server.peername[1]
     if server.address:
