@@ -187,6 +187,41 @@ def decompress(data: bytes, encoding: str, budget: Budget) -> bytes:
     raise Undecodable(f"unknown content-encoding {encoding!r}")
 
 
+def open_unmarked(data: bytes, budget: Budget) -> tuple[str, bytes] | None:
+    """Binary of no known format may still be a stream that carries no magic (raw
+    deflate, brotli): the first of them it opens as, when that yields text or a known
+    format, bounded like a content coding. Only a stream whose first 4 KiB open to such
+    bytes is decoded whole: random bytes fail, or open to noise, within them."""
+    if len(data) < 16:
+        return None
+    head = data[:4096]
+    for enc in ("raw deflate", "br"):
+        try:
+            if enc == "raw deflate":
+                start = zlib.decompressobj(-zlib.MAX_WBITS).decompress(head, _CHUNK)
+            else:
+                d, parts = brotli.Decompressor(), bytearray()
+                for i in range(0, len(head), 8):  # as `_brotli` steps, and no further than it
+                    parts += d.process(head[i : i + 8])
+                    if len(parts) >= _CHUNK:
+                        break
+                start = bytes(parts)
+        except (zlib.error, brotli.error):
+            continue
+        if not _meaningful(start[:4096]):
+            continue
+        try:
+            out = _zlib(data, -zlib.MAX_WBITS, budget, enc) if enc == "raw deflate" else _brotli(data, budget)
+        except Undecodable:
+            continue
+        return enc, out
+    return None
+
+
+def _meaningful(data: bytes) -> bool:
+    return len(data) >= 8 and (as_text(data) is not None or compression_of(data) is not None or is_zip(data) or is_tar(data))
+
+
 def decode_content(data: bytes, content_encoding: str | None, budget: Budget) -> bytes:
     """Stacked codings (`gzip, br`) are undone last-applied first; each one is a layer of depth."""
     if not content_encoding:
@@ -388,22 +423,67 @@ class Run:
     data: bytes
 
 
+# from the start of a run only, and possessive: a long run without a break costs one pass
+_WRAPPED = re.compile(r"(?<![A-Za-z0-9+/])(?:[A-Za-z0-9+/]{8,}+\r?\n)++[A-Za-z0-9+/]*+={0,2}")
+_WRAPPED_MAYBE = re.compile(rb"(?<![A-Za-z0-9+/])[A-Za-z0-9+/]{8,}+(?:\r?\n|\\r\\n|\\n)[A-Za-z0-9+/]{8}")  # also as JSON escapes
+_LINE_BREAK = re.compile(r"\r?\n")
+
+
+def _wrapped(text: str, min_len: int) -> list[tuple[int, int, Run]]:
+    """Base64 or hex wrapped in lines of one width (MIME, PEM, or any): each line alone is
+    too short to decode to anything, or decodes to a slice too small to judge, so the
+    block is joined and decoded whole. (start, end, run) per block; at least two lines of
+    8 characters or more (`_WRAPPED_MAYBE` holds the implication for `maybe_encoded`)."""
+    out: list[tuple[int, int, Run]] = []
+    for m in _WRAPPED.finditer(text):
+        parts = _LINE_BREAK.split(m.group(0))
+        full, last = parts[:-1], parts[-1]
+        width = len(full[0])
+        if any(len(x) != width for x in full) or len(last.rstrip("=")) > width or (len(full) < 2 and len(last) < 8):
+            continue
+        joined = "".join(parts)
+        if len(joined) < min_len:
+            continue
+        try:
+            if not len(joined) % 2 and _HEX_ONLY.fullmatch(joined):
+                run = Run(m.start(), "hex-lines", binascii.unhexlify(joined))
+            else:
+                run = Run(m.start(), "base64-lines", base64.b64decode(joined + "=" * (-len(joined.rstrip("=")) % 4)))
+        except (binascii.Error, ValueError):
+            continue
+        out.append((m.start(), m.end(), run))
+    return out
+
+
 def encoded_runs(text: str, min_len: int) -> Iterator[Run]:
-    """Base64 and hex runs of at least min_len characters, decoded. Runs that are
-    plain words (no digit and no case mix) are skipped: identifiers are not payloads."""
+    """Base64 and hex runs of at least min_len characters, decoded, and blocks of them
+    wrapped in lines (`_wrapped`). Runs that are plain words (no digit and no case mix)
+    are skipped: identifiers are not payloads."""
+    blocks = _wrapped(text, min_len) if "\n" in text else []
+    for _, _, run in blocks:
+        yield run
+
+    def inside(at: int) -> bool:
+        return any(s <= at < e for s, e, _ in blocks)
+
     for m in _HEX_RUN.finditer(text):
         s = m.group(0)
-        if len(s) >= min_len:
+        if len(s) >= min_len and not (blocks and inside(m.start())):
             raw = binascii.unhexlify(s)
             if len(raw) >= 64 or raw.isascii():  # short non-text hex is an id or a hash
                 yield Run(m.start(), "hex", raw)
     for m in _B64_RUN.finditer(text):
         s = m.group(0)
-        if len(s) < min_len or _HEX_RUN.fullmatch(s):
+        if len(s) < min_len or _HEX_RUN.fullmatch(s) or (blocks and inside(m.start())):
             continue
         core = s.rstrip("=")
         if _HAS_DIGIT.search(core) is None and (core.islower() or core.isupper()):
             continue  # words, paths and identifiers: encoded bytes mix cases or carry digits
+        if _B32_ONLY.fullmatch(core):
+            raw32 = _base32(core)
+            if raw32 is not None:
+                yield Run(m.start(), "base32", raw32)
+                continue
         try:
             if "-" in core or "_" in core:
                 raw = base64.urlsafe_b64decode(core + "=" * (-len(core) % 4))
@@ -414,9 +494,25 @@ def encoded_runs(text: str, min_len: int) -> Iterator[Run]:
         yield Run(m.start(), "base64", raw)
 
 
+_B32_ONLY = re.compile(r"[A-Z2-7]+")
+_HEX_ONLY = re.compile(r"[0-9a-fA-F]+")
+
+
+def _base32(core: str) -> bytes | None:
+    """Base32 (RFC 4648) of text or of a known format: what upper-case-and-digit runs that
+    base64 reads as noise often are."""
+    try:
+        raw = base64.b32decode(core + "=" * (-len(core) % 8))
+    except (binascii.Error, ValueError):
+        return None
+    return raw if _meaningful(raw) else None
+
+
 _B64_BYTES = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/=_-"
 # base64-alphabet bytes become "x", every other byte (non-ASCII included) a space
 _RUN_MASK = bytes(0x78 if b in _B64_BYTES else 0x20 for b in range(256))
+# the same, with line breaks raw or JSON-escaped ("\\", "\r", "\n") as part of a stretch
+_LINES_MASK = bytes(0x78 if b in _B64_BYTES or b in b"\\\r\n" else 0x20 for b in range(256))
 _HEX_CHARS = frozenset(b"0123456789abcdefABCDEF")
 _HEX_BYTES = bytes(sorted(_HEX_CHARS))
 _DIGITS = b"0123456789"
@@ -481,7 +577,7 @@ def maybe_encoded(text: str, min_len: int, raw: bytes | None = None) -> bool:
     if len(raw) >= _BIG_TEXT:
         runs = _long_runs(raw, min_len)
         if runs is not None:
-            return any(_suspicious_run(raw[s:e]) for s, e in runs)
+            return any(_suspicious_run(raw[s:e]) for s, e in runs) or _maybe_wrapped(raw)
     mask = raw.translate(_RUN_MASK)
     needle = b"x" * min_len
     i = mask.find(needle)
@@ -493,6 +589,23 @@ def maybe_encoded(text: str, min_len: int, raw: bytes | None = None) -> bool:
         i = mask.find(needle, end)
         if _suspicious_run(r):
             return True
+    return _maybe_wrapped(raw)
+
+
+def _maybe_wrapped(raw: bytes) -> bool:
+    """Two lines of the base64 alphabet in a row, the break raw or JSON-escaped: looked
+    for only inside the stretches of alphabet and breaks long enough to hold them."""
+    if b"\n" not in raw and b"\\n" not in raw:
+        return False
+    mask = raw.translate(_LINES_MASK)
+    i = mask.find(b"x" * 17)
+    while i != -1:
+        end = mask.find(b" ", i)
+        if end == -1:
+            end = len(mask)
+        if _WRAPPED_MAYBE.search(raw, i, end):
+            return True
+        i = mask.find(b"x" * 17, end)
     return False
 
 

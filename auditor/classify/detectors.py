@@ -201,7 +201,15 @@ def artifact_name(name: str | None) -> tuple[str, str] | None:
 # --- keyword pass and the patterns behind it -------------------------------------------------------
 
 CANARY_PREFIX = "ba-canary-"
-CANARY_RE = re.compile(r"ba-canary-[0-9a-f]{24}")
+CANARY_RE = re.compile(r"ba-canary-[0-9a-f]{24}")  # the token as made, lower case
+# the token as it may leave: case changed, a separator dropped or swapped for another
+# (a Unicode dash, space, dot, underscore); `canary_token` gives back the token as made
+SEEN_CANARY_RE = re.compile(r"ba[-\u2010-\u2015\u2212\ufe63\uff0d_. ]?canary[-\u2010-\u2015\u2212\ufe63\uff0d_. ]?([0-9a-f]{24})")
+_CANARY_WORD = "canary"  # the keyword that gates them: every variant above holds it
+
+
+def canary_token(m: re.Match[str]) -> str:
+    return CANARY_PREFIX + m.group(1)
 
 _REPORT_KEYS = (
     "synthetic_data_quality_score",
@@ -256,7 +264,7 @@ _KEYWORDS: dict[str, tuple[str, ...]] = {
     "access_key": ("assignment",),
     "client_secret": ("assignment",),
     "credential": ("assignment",),
-    CANARY_PREFIX: ("canary",),
+    _CANARY_WORD: ("canary",),
 }
 for _k in _REPORT_KEYS:
     _KEYWORDS[_k] = ("report",)
@@ -326,6 +334,11 @@ _ASSIGN = re.compile(
     r"(?i)\b(password|passwd|pwd|secret|client_secret|api[_-]?key|access[_-]?key|auth[_-]?token|token|credentials?)\b[\"']?\s*[:=]\s*[\"']?([^\s\"',;&}{]{8,})"
 )
 _PLACEHOLDER = re.compile(r"^(\*+|x+|<[^>]*>|\$\{[^}]*\}|\{\{[^}]*\}\}|redacted|changeme|null|none|true|false|\[redacted.*)$", re.I)
+
+
+def placeholder(value: str) -> bool:
+    """A stand-in for a secret (`***`, `${DB_PASSWORD}`, `<redacted>`), not one."""
+    return _PLACEHOLDER.match(value.strip()) is not None
 
 
 def _entropy_ok(value: str, min_bits: float) -> bool:

@@ -53,6 +53,7 @@ from auditor.classify.decode import (
     form,
     has_percent_escapes,
     maybe_encoded,
+    open_unmarked,
     is_tar,
     is_zip,
     media_type,
@@ -195,8 +196,8 @@ class _Run:
             self.add(f)
         if "canary" in hits:
             known = self.ctx.canaries.tokens if self.ctx.canaries else frozenset()
-            for m in det.CANARY_RE.finditer(text.lower()):
-                tok = m.group(0)
+            for m in det.SEEN_CANARY_RE.finditer(text.lower()):
+                tok = det.canary_token(m)
                 if tok in known:
                     self.finding("canary", "canary", path, f"known canary {mask_token(tok)}", "VERY_LIKELY", m.start())
                 else:
@@ -268,10 +269,20 @@ class _Run:
                 self.budget.depth(depth + 1, f"{run.encoding} inside {path}")
                 self.budget.charge(len(data))
                 self.text(text, sub, depth + 1, free=True)
-            else:
+            elif not self.unmarked(data, sub, depth + 1):
                 f = det.entropy_finding(data, sub)
                 if f:
                     self.add(f)
+
+    def unmarked(self, data: bytes, path: str, depth: int) -> bool:
+        """Binary of no known format that opens as a stream without magic: judged as what it holds."""
+        found = open_unmarked(data, self.budget)
+        if found is None:
+            return False
+        enc, inner = found
+        self.budget.depth(depth, f"{enc} inside {path}")
+        self.blob(inner, f"{path}|{enc}", depth, None, None)
+        return True
 
     def text(self, text: str, path: str, depth: int, *, free: bool, data: bytes | None = None) -> None:
         """A whole text part (a body, a decoded run): every detector. `data`: the UTF-8
@@ -325,7 +336,7 @@ class _Run:
         if model is not None and lazy is None:
             self.schema(model, doc, path, len(self.findings))
         if model is rt.Connection and doc.__class__ is dict:
-            self.ciphertext(doc.get("encrypted_credentials"), f"{path}.encrypted_credentials")
+            self.connection(doc, path)
         self.unsure = doc.__class__ is not dict
         at = len(self.findings)
         try:
@@ -571,9 +582,14 @@ class _Run:
         child = self.value
         if isinstance(value, dict):
             specs = rt.specs(model) if model is not None else None
-            for k, v in value.items():
+            for i, k in enumerate(value):
+                v = value[k]
                 key = str(k)
-                sub = f"{path}.{key}"
+                if _PLAIN_NAME.fullmatch(key):
+                    sub = f"{path}.{key}"
+                else:  # a key that is no name can carry a record: judged, and never put in a path
+                    sub = f"{path}<key {i}>"
+                    self.leaf(key, sub, depth, gate, free=True, opaque=opaque)
                 if gate.hits and v.__class__ is not str and gate.may_hit(key):
                     self.keyworded(key, sub, gate, whole=False)
                 if key == "runner_mode" or key == "runner_modes":
@@ -632,16 +648,36 @@ class _Run:
         if key == "credentials" and model is rt.Connection:
             self.finding("schema", "plaintext-credentials", path, "connection credentials sent in the clear (only encrypted_credentials is allowed)")
             return
-        self.finding("schema", "extra-field", path, f"field {redact_text(key)!r} is not part of the route schema", "LIKELY")
+        named = repr(redact_text(key)) if _PLAIN_NAME.fullmatch(key) else f"named by {len(key)} characters that are no name"
+        self.finding("schema", "extra-field", path, f"field {named} is not part of the route schema", "LIKELY")
 
-    def ciphertext(self, value: Any, path: str) -> None:
-        """`encrypted_credentials` is opaque to the detectors because it is ciphertext: that
-        claim is checked (the string, or its `ciphertext`-named members)."""
-        items = [(path, value)] if isinstance(value, str) else [(f"{path}.{k}", v) for k, v in value.items() if "cipher" in str(k).lower()] if isinstance(value, dict) else []
-        for where, v in items:
+    def connection(self, doc: dict[str, Any], path: str) -> None:
+        """Hybrid mode sends a connection's credentials only as ciphertext the customer's
+        KMS opens. `encrypted_credentials` is opaque to the detectors on that claim, so the
+        claim is checked (the string, or its `ciphertext`-named members); and a secret
+        named in the clear anywhere in `config` is a plaintext credential."""
+        value = doc.get("encrypted_credentials")
+        where = f"{path}.encrypted_credentials"
+        items = [(where, value)] if isinstance(value, str) else [(f"{where}.{k}", v) for k, v in value.items() if "cipher" in str(k).lower()] if isinstance(value, dict) else []
+        for at, v in items:
             why = det.not_ciphertext(v) if isinstance(v, str) else "not a string"
             if why:
-                self.finding("schema", "plaintext-credentials", where, f"encrypted_credentials is {why}")
+                self.finding("schema", "plaintext-credentials", at, f"encrypted_credentials is {why}")
+        stack: list[tuple[str, Any]] = [(f"{path}.config", doc.get("config"))]
+        while stack:
+            at, node = stack.pop()
+            if isinstance(node, list):
+                stack.extend((f"{at}[{i}]", v) for i, v in enumerate(node) if isinstance(v, (dict, list)))
+                continue
+            if not isinstance(node, dict):
+                continue
+            for i, (k, v) in enumerate(node.items()):
+                key = str(k)
+                sub = f"{at}.{key}" if _PLAIN_NAME.fullmatch(key) else f"{at}<key {i}>"
+                if _SECRET_NAME.search(key) and v not in (None, "", {}, []) and not (isinstance(v, str) and det.placeholder(v)):
+                    self.finding("schema", "plaintext-credentials", sub, "connection config names a secret in the clear")
+                elif isinstance(v, (dict, list)):
+                    stack.append((sub, v))
 
     def runner_mode(self, value: Any, path: str) -> None:
         values = value if isinstance(value, list) else str(value).split(",") if value is not None else []
@@ -703,9 +739,10 @@ class _Run:
             return
         text = as_text(data)
         if text is None:
-            f = det.entropy_finding(data, path)
-            if f:
-                self.add(f)
+            if not self.unmarked(data, path, depth + 1):
+                f = det.entropy_finding(data, path)
+                if f:
+                    self.add(f)
             return
         if mt == "application/x-www-form-urlencoded":
             fields = form(text, self.budget)
@@ -943,6 +980,10 @@ def _query_checks(run: _Run, path: str | None, route: rt.Route | None) -> None:
 
 
 _AUTH_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie"})
+_SECRET_NAME = re.compile(
+    r"(?i)(?:^|[_\-.])(?:pass|passwd|password|passphrase|pw|pwd|secret|token|credentials?|private[_\-]?key|api[_\-]?key|access[_\-]?key(?:[_\-]?id)?|"
+    r"secret[_\-]?(?:access[_\-]?)?key|client[_\-]?secret|sas|connection[_\-]?string)$"
+)  # a connection config key naming a secret (`password`, `db_pass`, `aws_secret_access_key`)
 _PLAIN_NAME = re.compile(r"[A-Za-z0-9_.\-]{1,64}")  # a name that can stand in a field path
 
 

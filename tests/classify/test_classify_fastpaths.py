@@ -136,9 +136,14 @@ def test_tokeniser_on_log_lines() -> None:
 
 
 def _split_maybe_encoded(text: str, min_len: int) -> bool:
-    """maybe_encoded as it was: translate, split, then the same checks per run."""
+    """maybe_encoded as it was: translate, split, then the same checks per run; and one
+    search of the whole text for two lines of the alphabet (the break raw or escaped),
+    from run starts and possessive, as a backtracking search of a long run is quadratic."""
     table = bytes(b if b in _B64_BYTES else 0x20 for b in range(256))
-    for r in text.encode("utf-8", "surrogatepass").translate(table).split():
+    data = text.encode("utf-8", "surrogatepass")
+    if len(text) >= min_len and re.search(rb"(?<![A-Za-z0-9+/])[A-Za-z0-9+/]{8,}+(?:\r?\n|\\r\\n|\\n)[A-Za-z0-9+/]{8}", data):
+        return True
+    for r in data.translate(table).split():
         if len(r) < min_len:
             continue
         if re.search(rb"\d", r) is None and (r.islower() or r.isupper()):

@@ -11,11 +11,14 @@ import json
 import os
 import struct
 import tarfile
+import textwrap
 import tracemalloc
 import zipfile
+import zlib
 from pathlib import Path
 from urllib.parse import quote
 
+import brotli
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -449,3 +452,91 @@ def test_encrypted_credentials_must_look_like_ciphertext(value: object, leaks: b
     info = classify(body, method="POST", path="/v1/connections", host=HOST, content_type="application/json")
     assert ("plaintext-credentials" in info.labels) is leaks, info.findings
     assert ("metadata" in info.labels) is not leaks
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        (f"/projects/models/logs?uid={UID}&type=train", {"logs": [{"ts": "2024-01-01T00:00:00Z", "msg": "ok", "ctx": {row: i for i, row in enumerate(_ROW_TEXT.splitlines())}}]}),
+        ("/projects/p1/models", {"schema_version": "1.0", "name": "m", "models": [{"actgan": {"data_source": "s3://b/train.csv", "params": {row: 1 for row in _ROW_TEXT.splitlines()}}}]}),
+        (f"/projects/models?uid={UID}&type=train", {"uid": UID, "status": "active", **{row: 1 for row in _ROW_TEXT.splitlines()}}),
+    ],
+    ids=["log-ctx", "model-config", "top-level"],
+)
+def test_records_as_field_names_are_judged_and_kept_out_of_field_paths(path: str, body: dict[str, object]) -> None:
+    info = classify(json.dumps(body).encode(), method="PATCH" if "uid" in path and "logs" not in path else "POST", path=path, host=HOST, content_type="application/json")
+    assert "training-data" in info.labels and "metadata" not in info.labels, info.findings
+    assert all("<key " in (f.field_path or "") for f in info.findings if f.label in ("pii", "training-data"))
+    _clean_json(info, "alice.smith@example.com", "Alice Smith", "Springfield")
+
+
+@pytest.mark.parametrize(
+    ("config", "where"),
+    [
+        ({"host": "db", "username": "u", "pass": "Tr0ub4dor&3xyzQ"}, "body.config.pass"),
+        ({"host": "db.internal", "credentials": {"username": "svc", "pw": "Pg-Prod-2024-Xy7q"}}, "body.config.credentials"),
+        ({"replicas": [{"host": "r1", "db_password": "x1-not-a-placeholder"}]}, "body.config.replicas[0].db_password"),
+        ({"bucket": "customer-bucket", "key_prefix": "sources/", "password": "${DB_PASSWORD}"}, None),
+    ],
+)
+def test_a_secret_named_in_a_connection_config_is_a_plaintext_credential(config: dict[str, object], where: str | None) -> None:
+    body = json.dumps({"project_id": "p1", "name": "pg", "type": "postgres", "config": config}).encode()
+    info = classify(body, method="POST", path="/v1/connections", host=HOST, content_type="application/json")
+    found = {f.field_path for f in info.findings if f.label == "plaintext-credentials"}
+    assert found == ({where} if where else set()), info.findings
+    _clean_json(info, "Tr0ub4dor", "Pg-Prod-2024", "x1-not-a-placeholder")
+
+
+@pytest.mark.parametrize("dress", [str.upper, lambda t: t.replace("-", ""), lambda t: t.replace("-", "\uff0d"), lambda t: t.replace("-", " ")], ids=["upper", "no-dash", "fullwidth-dash", "spaces"])
+def test_a_known_canary_is_caught_in_another_dress(tmp_path: Path, dress) -> None:  # type: ignore[no-untyped-def]
+    made = make_canaries(2, "csv", tmp_path / "c.csv", None)
+    token = made.tokens.read_text().splitlines()[1]
+    ctx = load_context(canaries=made.tokens)
+    info = classify(_status(error_msg=f"bad row {dress(token)}"), method="PATCH", path=f"/projects/models?uid={UID}&type=train", host=HOST, context=ctx)
+    [f] = [f for f in info.findings if f.label == "canary"]
+    assert f.likelihood == "VERY_LIKELY" and f.excerpt.startswith("known canary")
+
+
+def _raw_deflate(data: bytes) -> bytes:
+    c = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
+    return c.compress(data) + c.flush()
+
+
+@pytest.mark.parametrize(
+    ("wrap", "where"),
+    [
+        (lambda b: base64.b32encode(b).decode(), "<base32@"),
+        (lambda b: base64.b64encode(_raw_deflate(b)).decode(), ">|raw deflate"),
+        (lambda b: base64.b64encode(brotli.compress(b)).decode(), ">|br"),
+        (lambda b: "\n".join(textwrap.wrap(base64.b64encode(b).decode(), 12)), "<base64-lines@"),
+        (lambda b: "\r\n".join(textwrap.wrap(b.hex(), 76)), "<hex-lines@"),
+    ],
+    ids=["base32", "raw-deflate-b64", "brotli-b64", "b64-lines-12", "hex-lines-76"],
+)
+def test_rows_in_encodings_without_a_marker(wrap, where: str) -> None:  # type: ignore[no-untyped-def]
+    """No magic, no base64 look, no line long enough alone: still decoded, still the rows."""
+    info = classify(_status(error_msg=wrap((_ROW_TEXT * 3).encode())), method="PATCH", path=f"/projects/models?uid={UID}&type=train", host=HOST)
+    assert "training-data" in info.labels and "metadata" not in info.labels, info.findings
+    assert any(where in (f.field_path or "") for f in info.findings if f.label in ("pii", "training-data")), info.findings
+    _clean_json(info, "alice.smith@example.com", "Alice Smith")
+
+
+@pytest.mark.parametrize("pack", [_raw_deflate, brotli.compress], ids=["raw-deflate", "brotli"])
+def test_a_compressed_body_without_its_content_encoding_is_opened(pack) -> None:  # type: ignore[no-untyped-def]
+    info = classify(pack((_ROW_TEXT * 20).encode()), method="POST", path="/upload/blob", host="storage.example.com", content_type="application/octet-stream")
+    assert "training-data" in info.labels, info.findings
+
+
+def test_a_model_in_wrapped_base64_lines_is_an_artifact() -> None:
+    wrapped = "\n".join(textwrap.wrap(base64.b64encode(_model_tar_gz()).decode(), 900))
+    info = classify(json.dumps({"uid": UID, "status": "error", "error_msg": wrapped}).encode(), method="PATCH", path=f"/projects/models?uid={UID}&type=train", host=HOST)
+    assert "model-artifact" in info.labels, info.findings
+
+
+def test_random_bytes_and_ordinary_base32_ids_stay_quiet() -> None:
+    """The unmarked decoders open nothing that is not there: noise is noise, and an id in
+    base32 (upper case and digits) that decodes to no text is metadata."""
+    info = classify(_status(error_msg="job " + base64.b32encode(os.urandom(20)).decode().rstrip("=")), method="PATCH", path=f"/projects/models?uid={UID}&type=train", host=HOST)
+    assert "metadata" in info.labels and not [f for f in info.findings if f.label in ("pii", "training-data")], info.findings
+    info = classify(os.urandom(8192), method="POST", path="/upload/blob", host="storage.example.com", content_type="application/octet-stream")
+    assert "training-data" not in info.labels, info.findings
