@@ -15,6 +15,7 @@ import io
 import re
 import tarfile
 import time
+import unicodedata
 import zipfile
 import zlib
 from collections.abc import Iterator
@@ -290,8 +291,12 @@ def as_text(data: bytes) -> str | None:
     sample = text[:4096]
     if sample.isprintable():
         return text
-    bad = sum(1 for c in sample if not c.isprintable() and c not in "\n\r\t")
+    # format characters and separators (zero-width, bidi marks, no-break spaces) are text
+    bad = sum(1 for c in sample if not c.isprintable() and c not in "\n\r\t" and unicodedata.category(c) not in _TEXT_CATEGORIES)
     return text if bad <= len(sample) // 50 else None
+
+
+_TEXT_CATEGORIES = frozenset({"Cf", "Zs", "Zl", "Zp"})
 
 
 # --- containers ---------------------------------------------------------------

@@ -734,6 +734,30 @@ def same_shaped_records(items: list[object], min_rows: int = 3) -> tuple[int, in
     return len(items), len(keys)
 
 
+MIN_NUMBERS = 256  # numbers in one array that no metadata field holds (hyperparameter lists are short)
+
+
+def numeric_array(items: list[object], min_len: int = MIN_NUMBERS) -> tuple[str, str, bool] | None:
+    """A long array of numbers only: (label, what, bytes?). Fractions are weights or a tensor;
+    integers that all fit a byte are bytes (the caller opens them); other integers are a
+    column of data."""
+    if len(items) < min_len or items[0].__class__ not in (int, float):
+        return None
+    fractions = False
+    for v in items:
+        c = v.__class__
+        if c is float:
+            fractions = True
+        elif c is not int:
+            return None
+    n = len(items)
+    if fractions:
+        return "model-artifact", f"{n} numbers with fractions in one array: weights or a tensor, values redacted", False
+    if all(0 <= v <= 255 for v in items):  # type: ignore[operator]
+        return "training-data", f"{n} byte values in one array: raw bytes, judged as a blob", True
+    return "training-data", f"{n} integers in one array: a column of data, values redacted", False
+
+
 def row_shaped_arrays(items: list[object], min_rows: int = 3) -> tuple[int, int] | None:
     """A JSON array of >= min_rows arrays of one length >= 2 with scalar cells: (rows, columns)."""
     if len(items) < min_rows or not isinstance(items[0], list) or len(items[0]) < 2:

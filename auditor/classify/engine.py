@@ -151,6 +151,7 @@ class _Run:
     schema_ok: bool = True
     model_run: bool = False  # PATCH /projects/models?type=run: uid and status are the run's
     quiet: bool = False  # strings proven clean by the raw-text checks (see _quiet)
+    quiet_depth: int = 0  # the encoding depth of the document the quiet walk is in
     uncapped: bool = False  # the quiet walk cannot reach the node cap (see json_doc)
     unsure: bool = False  # the quiet walk met a value it cannot prove fits the route schema
 
@@ -248,6 +249,8 @@ class _Run:
             self.budget.depth(depth + 1, "URL encoding")
             dec = unquote_plus(s)
             self.text(dec, f"{path}<url>", depth + 1, free=True)
+        if not s.isascii() and not opaque:
+            self.visible(s, path, depth)
         if (free or len(s) > _SHORT_FIELD) and not opaque:
             self.free_text(s, path, depth)
 
@@ -284,6 +287,14 @@ class _Run:
         self.blob(inner, f"{path}|{enc}", depth, None, None)
         return True
 
+    def visible(self, s: str, path: str, depth: int) -> None:
+        """Characters that render as nothing (zero-width, bidi controls, soft hyphens) split
+        a key or a name where no pattern sees it: the text is judged again without them."""
+        if _INVISIBLE.search(s) is None:
+            return
+        self.budget.depth(depth + 1, "invisible characters")
+        self.text(_INVISIBLE.sub("", s), f"{path}<visible>", depth + 1, free=True)
+
     def text(self, text: str, path: str, depth: int, *, free: bool, data: bytes | None = None) -> None:
         """A whole text part (a body, a decoded run): every detector. `data`: the UTF-8
         bytes the text was decoded from, if it was."""
@@ -307,6 +318,8 @@ class _Run:
         if has_percent_escapes(text) and "=" in text:
             self.budget.depth(depth + 1, "URL encoding")
             self.text(unquote_plus(text), f"{path}<url>", depth + 1, free=True)
+        if not text.isascii():
+            self.visible(text, path, depth)
         if free:
             self.free_text(text, path, depth, gate.data)
 
@@ -325,7 +338,7 @@ class _Run:
             if rep:
                 self.add(rep)
         quiet = raw_json and self._quiet(raw, gate)
-        self.quiet = quiet
+        self.quiet, self.quiet_depth = quiet, depth
         # each value counts at most three nodes (itself, as a child, as a string): when the
         # text's values cannot reach the cap, the walk skips its per-node checks
         self.uncapped = quiet and _values_fit(raw, self.budget.nodes, self.limits.max_nodes)
@@ -411,6 +424,7 @@ class _Run:
             and not has_percent_escapes(raw)
             and not gate.runs
             and not det.pii_hits(raw)
+            and (raw.isascii() or _INVISIBLE.search(raw) is None)
         )
 
     def walk(self, value: Any, path: str, model: type[rt.Body] | None, depth: int, *, free: bool, opaque: bool, config: bool, gate: _Gate, level: int, key: str | None = None) -> None:
@@ -495,10 +509,7 @@ class _Run:
                         child(v, f"{path}.{key}", None, free or key in rt.FREE_TEXT_FIELDS, opaque, config, gate, level + 1)
             return
         if (free or model is None) and not config and not opaque:
-            shape = det.same_shaped_records(value) or det.row_shaped_arrays(value)
-            if shape:
-                rows, cols = shape
-                self.finding("tabular:records", "training-data", path, f"{rows} same-shaped records x {cols} fields, values redacted", "LIKELY", None, rows)
+            self.data_array(value, path, self.quiet_depth)
         for i, v in enumerate(value):
             vc = v.__class__
             if vc is str:
@@ -541,10 +552,7 @@ class _Run:
         if model is not None and any(v.__class__ is not dict for v in value):
             self.unsure = True
         if (free or model is None) and not config and not opaque:
-            shape = det.same_shaped_records(value) or det.row_shaped_arrays(value)
-            if shape:
-                rows, cols = shape
-                self.finding("tabular:records", "training-data", path, f"{rows} same-shaped records x {cols} fields, values redacted", "LIKELY", None, rows)
+            self.data_array(value, path, self.quiet_depth)
         child = self.quiet_value
         inline = level + 1 <= self.limits.max_structure_depth  # else the child call raises
         for i, v in enumerate(value):
@@ -619,12 +627,28 @@ class _Run:
                         child(v, sub, None, depth, free or key in rt.FREE_TEXT_FIELDS, opaque, config, gate, level + 1, key)
             return
         if (free or model is None) and not config and not opaque:
-            shape = det.same_shaped_records(value) or det.row_shaped_arrays(value)
-            if shape:
-                rows, cols = shape
-                self.finding("tabular:records", "training-data", path, f"{rows} same-shaped records x {cols} fields, values redacted", "LIKELY", None, rows)
+            self.data_array(value, path, depth)
         for i, v in enumerate(value):
             child(v, f"{path}[{i}]", model, depth, free, opaque, config, gate, level + 1, key)
+
+    def data_array(self, value: list[Any], path: str, depth: int) -> None:
+        """An array that is data, not metadata: records or rows of one shape, or a long run
+        of numbers (weights, a tensor, a column, bytes spelled as integers: those are also
+        opened as a blob, as an encoded run is)."""
+        shape = det.same_shaped_records(value) or det.row_shaped_arrays(value)
+        if shape:
+            rows, cols = shape
+            self.finding("tabular:records", "training-data", path, f"{rows} same-shaped records x {cols} fields, values redacted", "LIKELY", None, rows)
+            return
+        numbers = det.numeric_array(value)
+        if numbers:
+            label, what, as_bytes = numbers
+            self.finding("tabular:numbers", label, path, what, "LIKELY", None, len(value))
+            if as_bytes:
+                self.budget.depth(depth + 1, f"byte values inside {path}")
+                data = bytes(value)
+                self.budget.charge(len(data))
+                self.blob(data, f"{path}<bytes>", depth + 1, None, None)
 
     def config(self, value: Any, path: str, depth: int, gate: _Gate, level: int) -> None:
         """An open config tree (model or workflow config, YAML text or object)."""
@@ -739,6 +763,9 @@ class _Run:
             return
         text = as_text(data)
         if text is None:
+            if model is not None:  # bytes where the route carries a JSON object are never metadata
+                self.schema_ok = False
+                self.finding("schema", "extra-field", path, "body is binary, the route carries a JSON object", "LIKELY")
             if not self.unmarked(data, path, depth + 1):
                 f = det.entropy_finding(data, path)
                 if f:
@@ -985,6 +1012,7 @@ _SECRET_NAME = re.compile(
     r"secret[_\-]?(?:access[_\-]?)?key|client[_\-]?secret|sas|connection[_\-]?string)$"
 )  # a connection config key naming a secret (`password`, `db_pass`, `aws_secret_access_key`)
 _PLAIN_NAME = re.compile(r"[A-Za-z0-9_.\-]{1,64}")  # a name that can stand in a field path
+_INVISIBLE = re.compile("[\u00ad\u034f\u061c\u115f\u1160\u17b4\u17b5\u180e\u200b-\u200f\u202a-\u202e\u2060-\u206f\u3164\ufe00-\ufe0f\ufeff\uffa0]")
 
 
 def _carried_strings(run: _Run, leaves: list[tuple[int, str, str]], where: str, *, own_auth: bool = False) -> None:

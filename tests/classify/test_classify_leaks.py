@@ -540,3 +540,49 @@ def test_random_bytes_and_ordinary_base32_ids_stay_quiet() -> None:
     assert "metadata" in info.labels and not [f for f in info.findings if f.label in ("pii", "training-data")], info.findings
     info = classify(os.urandom(8192), method="POST", path="/upload/blob", host="storage.example.com", content_type="application/octet-stream")
     assert "training-data" not in info.labels, info.findings
+
+
+def _log_ctx(**ctx: object) -> bytes:
+    return json.dumps({"logs": [{"ts": "2024-01-01T00:00:00Z", "msg": "epoch done", "ctx": ctx, "stage": "train"}]}).encode()
+
+
+@pytest.mark.parametrize(
+    ("ctx", "label"),
+    [
+        ({"w": [round((i * 7919 % 2000) / 1000 - 1, 6) for i in range(4000)]}, "model-artifact"),
+        ({"b": list(_model_tar_gz())}, "model-artifact"),
+        ({"b": list(_ROW_TEXT.encode() * 4)}, "pii"),
+        ({"ids": list(range(100_000, 100_300))}, "training-data"),
+    ],
+    ids=["weights", "model-bytes", "row-bytes", "integer-column"],
+)
+def test_numbers_in_an_array_are_data(ctx: dict[str, object], label: str) -> None:
+    info = classify(_log_ctx(**ctx), method="POST", path=f"/projects/models/logs?uid={UID}&type=train", host=HOST, content_type="application/json")
+    assert label in info.labels and "metadata" not in info.labels, info.findings
+    assert any(f.detector == "tabular:numbers" for f in info.findings)
+
+
+def test_short_number_lists_stay_metadata() -> None:
+    body = _log_ctx(epoch=3, losses=[round(1 / (i + 1), 4) for i in range(100)], dims=[1024, 1024])
+    info = classify(body, method="POST", path=f"/projects/models/logs?uid={UID}&type=train", host=HOST, content_type="application/json")
+    assert info.labels == ["metadata"], info.findings
+
+
+@pytest.mark.parametrize("ascii_only", [True, False], ids=["escaped", "raw-utf8"])
+def test_invisible_characters_hide_nothing(ascii_only: bool) -> None:
+    path = f"/projects/models?uid={UID}&type=train"
+    split_key = GRETEL_KEY[:1] + "\u200b" + GRETEL_KEY[1:]
+    for msg, label in ((f"key {split_key}", "credential"), ("row Alice Smith, ali\u00adce.smith@exa\u2060mple.com, 4111 1111\u200c 1111 1111", "pii")):
+        body = json.dumps({"uid": UID, "status": "error", "error_msg": msg}, ensure_ascii=ascii_only).encode()
+        info = classify(body, method="PATCH", path=path, host=HOST, content_type="application/json")
+        assert label in info.labels, (msg, info.findings)
+        assert any((f.field_path or "").endswith("<visible>") for f in info.findings if f.label == label)
+        _clean_json(info, GRETEL_KEY[5:], "smith@exa")
+    body = json.dumps({"uid": UID, "status": "error", "error_msg": "échec de l'entraînement \u200b"}, ensure_ascii=ascii_only).encode()
+    assert classify(body, method="PATCH", path=path, host=HOST, content_type="application/json").labels == ["metadata"]
+
+
+@pytest.mark.parametrize("body", [os.urandom(300), b"\x01\x02\x03" * 50, "{\"uid\": \"x\"}\x00\x01\x02\x03\x04\x05".encode()], ids=["random", "controls", "json-then-binary"])
+def test_bytes_on_a_json_route_are_never_metadata(body: bytes) -> None:
+    info = classify(body, method="PATCH", path=f"/projects/models?uid={UID}&type=train", host=HOST, content_type="application/json")
+    assert "metadata" not in info.labels and "extra-field" in info.labels, info.findings
