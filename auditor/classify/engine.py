@@ -273,9 +273,13 @@ class _Run:
                 self.budget.charge(len(data))
                 self.text(text, sub, depth + 1, free=True)
             elif not self.unmarked(data, sub, depth + 1):
-                f = det.entropy_finding(data, sub)
-                if f:
+                f = det.entropy_finding(data, sub) or (det.bare_aws_secret(s, run.offset, path) if run.encoding == "base64" and len(data) == 30 else None)
+                if f and not (f.detector == "credential:aws-secret-key" and self.found_at(f.detector, path, run.offset)):
                     self.add(f)
+
+    def found_at(self, detector: str, path: str, offset: int) -> bool:
+        """The keyword pass found this already (the same detector at the same place)."""
+        return any(f.detector == detector and f.field_path == path and f.offset == offset for f in self.findings)
 
     def unmarked(self, data: bytes, path: str, depth: int) -> bool:
         """Binary of no known format that opens as a stream without magic: judged as what it holds."""

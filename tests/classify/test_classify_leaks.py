@@ -586,3 +586,22 @@ def test_invisible_characters_hide_nothing(ascii_only: bool) -> None:
 def test_bytes_on_a_json_route_are_never_metadata(body: bytes) -> None:
     info = classify(body, method="PATCH", path=f"/projects/models?uid={UID}&type=train", host=HOST, content_type="application/json")
     assert "metadata" not in info.labels and "extra-field" in info.labels, info.findings
+
+
+@pytest.mark.parametrize(
+    ("msg", "found"),
+    [
+        ("auth failed with wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY", True),
+        ("creds: AKIAIOSFODNN7EXAMPLE:wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY", True),
+        ("aws_secret_access_key=wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY", True),
+        ("path /a/b/c/d/e/f/g/h/i/j/k/l/m/n/o/p/q/r/s/t1", False),
+        ("sha da39a3ee5e6b4b0d3255bfef95601890afd80709", False),
+        ("etag Zm9vYmFyYmF6cXV4cXV1eHh4eHh4eHh4eHh4eHh4", False),
+        ("key wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEYX", False),
+    ],
+)
+def test_an_aws_secret_without_its_keyword(msg: str, found: bool) -> None:
+    info = classify(_status(error_msg=msg), method="PATCH", path=f"/projects/models?uid={UID}&type=train", host=HOST, content_type="application/json")
+    secrets = [f for f in info.findings if f.detector == "credential:aws-secret-key"]
+    assert len(secrets) == (1 if found else 0), info.findings
+    _clean_json(info, "bPxRfiCYEXAMPLEKEY")
