@@ -461,12 +461,14 @@ def _wrapped(text: str, min_len: int) -> list[tuple[int, int, Run]]:
 
 
 def encoded_runs(text: str, min_len: int) -> Iterator[Run]:
-    """Base64 and hex runs of at least min_len characters, decoded, and blocks of them
-    wrapped in lines (`_wrapped`). Runs that are plain words (no digit and no case mix)
-    are skipped: identifiers are not payloads."""
+    """Base64 and hex runs of at least min_len characters, decoded, blocks of them
+    wrapped in lines (`_wrapped`), and base85 runs (`_base85_runs`). Runs that are plain
+    words (no digit and no case mix) are skipped: identifiers are not payloads."""
     blocks = _wrapped(text, min_len) if "\n" in text else []
     for _, _, run in blocks:
         yield run
+    if len(text) >= B85_MIN:
+        yield from _base85_runs(text)
 
     def inside(at: int) -> bool:
         return any(s <= at < e for s, e, _ in blocks)
@@ -500,6 +502,43 @@ def encoded_runs(text: str, min_len: int) -> Iterator[Run]:
 
 
 _B32_ONLY = re.compile(r"[A-Z2-7]+")
+# base85 (RFC 1924, Python's b85encode): its alphabet, and the characters of it that no
+# base64 or URL alphabet has; a stretch is base85 only when it holds some of the latter
+_B85_ALPHABET = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz!#$%&()*+-;<=>?@^_`{|}~"
+_B85_ONLY = b"!#$%&()*;<>?@^`{|}~"
+_B85_MASK = bytes(0x78 if b in _B85_ALPHABET else 0x20 for b in range(256))
+B85_MIN = 40  # characters: 32 bytes
+_B85_MIN_MARKS = 3
+
+
+def _b85_stretches(raw: bytes) -> Iterator[tuple[int, int]]:
+    """Stretches of the base85 alphabet of B85_MIN characters or more that hold at least
+    _B85_MIN_MARKS of its own characters: one translate and a find per stretch."""
+    mask = raw.translate(_B85_MASK)
+    needle = b"x" * B85_MIN
+    i = mask.find(needle)
+    while i != -1:
+        end = mask.find(b" ", i + B85_MIN)
+        if end == -1:
+            end = len(mask)
+        r = raw[i:end]
+        if len(r) - len(r.translate(None, _B85_ONLY)) >= _B85_MIN_MARKS:
+            yield i, end
+        i = mask.find(needle, end)
+
+
+def _base85_runs(text: str) -> Iterator[Run]:
+    """Base85 runs that decode to text or a known format (text offsets: the alphabet is
+    ASCII, so a stretch found in the UTF-8 bytes is found in the text by its content)."""
+    raw = utf8(text)
+    for s, e in _b85_stretches(raw):
+        chunk = raw[s:e]
+        try:
+            data = base64.b85decode(chunk)
+        except ValueError:
+            continue
+        if _meaningful(data):
+            yield Run(text.find(chunk.decode("ascii")), "base85", data)
 _HEX_ONLY = re.compile(r"[0-9a-fA-F]+")
 
 
@@ -571,7 +610,7 @@ def _suspicious_run(r: bytes) -> bool:
 def maybe_encoded(text: str, min_len: int, raw: bytes | None = None) -> bool:
     """False only when `encoded_runs` would certainly yield nothing: no run of the
     base64 alphabet that is long enough, carries a digit or mixes case, and is not a
-    short hex id (ObjectIds, UUIDs, hashes). One C-level translate and one substring
+    short hex id (ObjectIds, UUIDs, hashes); no wrapped lines; no base85 stretch. One C-level translate and one substring
     search per long run, so short words cost nothing (the alphabet is ASCII, so the UTF-8
     bytes split exactly where the text does); past 64 KiB one Hyperscan pass finds the
     runs (a third of the translate's time) unless they are long. `raw`: `utf8(text)`,
@@ -582,7 +621,7 @@ def maybe_encoded(text: str, min_len: int, raw: bytes | None = None) -> bool:
     if len(raw) >= _BIG_TEXT:
         runs = _long_runs(raw, min_len)
         if runs is not None:
-            return any(_suspicious_run(raw[s:e]) for s, e in runs) or _maybe_wrapped(raw)
+            return any(_suspicious_run(raw[s:e]) for s, e in runs) or _maybe_wrapped(raw) or _maybe_b85(raw)
     mask = raw.translate(_RUN_MASK)
     needle = b"x" * min_len
     i = mask.find(needle)
@@ -594,7 +633,11 @@ def maybe_encoded(text: str, min_len: int, raw: bytes | None = None) -> bool:
         i = mask.find(needle, end)
         if _suspicious_run(r):
             return True
-    return _maybe_wrapped(raw)
+    return _maybe_wrapped(raw) or _maybe_b85(raw)
+
+
+def _maybe_b85(raw: bytes) -> bool:
+    return len(raw) >= B85_MIN and next(_b85_stretches(raw), None) is not None
 
 
 def _maybe_wrapped(raw: bytes) -> bool:

@@ -605,3 +605,12 @@ def test_an_aws_secret_without_its_keyword(msg: str, found: bool) -> None:
     secrets = [f for f in info.findings if f.detector == "credential:aws-secret-key"]
     assert len(secrets) == (1 if found else 0), info.findings
     _clean_json(info, "bPxRfiCYEXAMPLEKEY")
+
+
+def test_rows_in_base85() -> None:
+    info = classify(_status(error_msg="dump " + base64.b85encode(_ROW_TEXT.encode()).decode()), method="PATCH", path=f"/projects/models?uid={UID}&type=train", host=HOST, content_type="application/json")
+    assert "training-data" in info.labels and "metadata" not in info.labels, info.findings
+    assert any("<base85@5>" in (f.field_path or "") for f in info.findings if f.label in ("pii", "training-data")), info.findings
+    noise = base64.b85encode(os.urandom(60)).decode()
+    info = classify(_status(error_msg=f"job {noise}"), method="PATCH", path=f"/projects/models?uid={UID}&type=train", host=HOST, content_type="application/json")
+    assert info.labels == ["metadata"], info.findings
