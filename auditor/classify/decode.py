@@ -514,16 +514,21 @@ _B85_MIN_MARKS = 3
 def _b85_stretches(raw: bytes) -> Iterator[tuple[int, int]]:
     """Stretches of the base85 alphabet of B85_MIN characters or more that hold at least
     _B85_MIN_MARKS of its own characters: one translate and a find per stretch."""
-    mask = raw.translate(_B85_MASK)
-    needle = b"x" * B85_MIN
-    i = mask.find(needle)
-    while i != -1:
-        end = mask.find(b" ", i + B85_MIN)
-        if end == -1:
-            end = len(mask)
+    for i, end in _stretches(raw.translate(_B85_MASK), B85_MIN):
         r = raw[i:end]
         if len(r) - len(r.translate(None, _B85_ONLY)) >= _B85_MIN_MARKS:
             yield i, end
+
+
+def _stretches(mask: bytes, min_len: int) -> Iterator[tuple[int, int]]:
+    """(start, end) of each stretch of "x" at least min_len long in a translated mask."""
+    needle = b"x" * min_len
+    i = mask.find(needle)
+    while i != -1:
+        end = mask.find(b" ", i + min_len)
+        if end == -1:
+            end = len(mask)
+        yield i, end
         i = mask.find(needle, end)
 
 
@@ -622,17 +627,8 @@ def maybe_encoded(text: str, min_len: int, raw: bytes | None = None) -> bool:
         runs = _long_runs(raw, min_len)
         if runs is not None:
             return any(_suspicious_run(raw[s:e]) for s, e in runs) or _maybe_wrapped(raw) or _maybe_b85(raw)
-    mask = raw.translate(_RUN_MASK)
-    needle = b"x" * min_len
-    i = mask.find(needle)
-    while i != -1:
-        end = mask.find(b" ", i + min_len)
-        if end == -1:
-            end = len(mask)
-        r = raw[i:end]
-        i = mask.find(needle, end)
-        if _suspicious_run(r):
-            return True
+    if any(_suspicious_run(raw[s:e]) for s, e in _stretches(raw.translate(_RUN_MASK), min_len)):
+        return True
     return _maybe_wrapped(raw) or _maybe_b85(raw)
 
 
@@ -645,16 +641,7 @@ def _maybe_wrapped(raw: bytes) -> bool:
     for only inside the stretches of alphabet and breaks long enough to hold them."""
     if b"\n" not in raw and b"\\n" not in raw:
         return False
-    mask = raw.translate(_LINES_MASK)
-    i = mask.find(b"x" * 17)
-    while i != -1:
-        end = mask.find(b" ", i)
-        if end == -1:
-            end = len(mask)
-        if _WRAPPED_MAYBE.search(raw, i, end):
-            return True
-        i = mask.find(b"x" * 17, end)
-    return False
+    return any(_WRAPPED_MAYBE.search(raw, s, e) for s, e in _stretches(raw.translate(_LINES_MASK), 17))
 
 
 def has_percent_escapes(text: str) -> bool:
