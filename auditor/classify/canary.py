@@ -9,13 +9,17 @@ token list file (one token a line) tells a sighting of *our* canary from a look-
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import json
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
+import hyperscan
+
 from auditor.classify.detectors import CANARY_PREFIX, CANARY_RE
+from auditor.classify.scan import database, scan
 from auditor.errors import AuditorError
 
 _FIRST = ("Avery", "Blake", "Casey", "Devon", "Emery", "Finley", "Harper", "Jordan", "Kendall", "Logan", "Morgan", "Quinn", "Reese", "Rowan", "Sawyer", "Taylor")
@@ -105,6 +109,34 @@ def load(path: Path) -> CanarySet:
             raise AuditorError(f"not a canary token: {mask_token(s)}", file=str(path), line=n, fix="use the .tokens file `auditor canary` wrote")
         tokens.add(s)
     return CanarySet(tokens=frozenset(tokens), source=str(path))
+
+
+PART = 12  # hex digits of a token that name it: 16^12 leaves no chance match among thousands
+
+
+def parts_in(canaries: CanarySet, data: bytes) -> list[tuple[int, str]]:
+    """Pieces of known tokens in `data`, each PART hex digits or more in any case, without
+    the prefix: what is left of a token split across requests or fields. (end offset,
+    token) for the first sighting of each piece, so a hostile body costs one C-speed pass."""
+    tokens, db = _parts_db(canaries.tokens)
+    if db is None:
+        return []
+    found = scan(db, data)
+    return [(end, tokens[i // _WINDOWS]) for i, end in found]
+
+
+_WINDOWS = 24 - PART + 1  # windows of a token's hex digits
+
+
+@functools.lru_cache(maxsize=4)
+def _parts_db(tokens: frozenset[str]) -> tuple[list[str], hyperscan.Database | None]:
+    ordered = sorted(tokens)
+    hexes = [t[len(CANARY_PREFIX) :] for t in ordered]
+    windows = [h[i : i + PART].encode() for h in hexes for i in range(_WINDOWS)]
+    if not windows:
+        return ordered, None
+    flags = hyperscan.HS_FLAG_CASELESS | hyperscan.HS_FLAG_SINGLEMATCH
+    return ordered, database(windows, literal=True, flags=flags)
 
 
 def mask_token(tok: str) -> str:

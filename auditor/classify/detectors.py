@@ -204,7 +204,10 @@ CANARY_PREFIX = "ba-canary-"
 CANARY_RE = re.compile(r"ba-canary-[0-9a-f]{24}")  # the token as made, lower case
 # the token as it may leave: case changed, a separator dropped or swapped for another
 # (a Unicode dash, space, dot, underscore); `canary_token` gives back the token as made
-SEEN_CANARY_RE = re.compile(r"ba[-\u2010-\u2015\u2212\ufe63\uff0d_. ]?canary[-\u2010-\u2015\u2212\ufe63\uff0d_. ]?([0-9a-f]{24})")
+_SEEN_PREFIX = r"ba[-\u2010-\u2015\u2212\ufe63\uff0d_. ]?canary[-\u2010-\u2015\u2212\ufe63\uff0d_. ]?"
+SEEN_CANARY_RE = re.compile(_SEEN_PREFIX + r"([0-9a-f]{24})")
+# the same prefix with fewer digits than a token has: the first piece of a split token
+PART_CANARY_RE = re.compile(_SEEN_PREFIX + r"([0-9a-f]{4,23})(?![0-9a-f])")
 _CANARY_WORD = "canary"  # the keyword that gates them: every variant above holds it
 
 

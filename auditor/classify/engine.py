@@ -39,7 +39,7 @@ import yaml
 
 from auditor.classify import detectors as det
 from auditor.classify import routes as rt
-from auditor.classify.canary import CanarySet, mask_token
+from auditor.classify.canary import PART, CanarySet, mask_token, parts_in
 from auditor.classify.decode import (
     Budget,
     LimitExceeded,
@@ -203,6 +203,13 @@ class _Run:
                     self.finding("canary", "canary", path, f"known canary {mask_token(tok)}", "VERY_LIKELY", m.start())
                 else:
                     self.finding("canary", "canary", path, f"canary-shaped token {mask_token(tok)} (not in the loaded list)", "LIKELY", m.start())
+            for m in det.PART_CANARY_RE.finditer(text.lower()):
+                head = m.group(1)
+                match = next((t for t in known if t.startswith(det.CANARY_PREFIX + head)), None)
+                if match:
+                    self.finding("canary", "canary", path, f"the start of known canary {mask_token(match)} ({len(head)} of its 24 hex digits)", "LIKELY", m.start())
+                else:
+                    self.finding("canary", "canary", path, f"the start of a canary-shaped token ({len(head)} of 24 hex digits; not in the loaded list)", "POSSIBLE", m.start())
         if whole:
             rep = det.report_finding(hits, path)
             if rep:
@@ -1149,6 +1156,8 @@ def classify(
             data = decode_content(body, content_encoding, run.budget)
             run.budget.charge(len(data))
             run.blob(data, "body", len(layers), content_type, None, model, route.logs if route else "json")
+        if run.ctx.canaries is not None:
+            _canary_parts(run, path, data if body else b"")
         run.finish()
     except LimitExceeded as exc:
         reason = _uninspectable(run, exc.reason)
@@ -1178,6 +1187,20 @@ def classify(
 
 _DEFAULT_LIMITS = Limits()  # frozen: one instance serves every call that passes none
 _NO_CONTEXT = ClassifyContext()  # only read: one instance serves every call that passes none
+
+
+def _canary_parts(run: _Run, target: str | None, data: bytes) -> None:
+    """Pieces of known canaries in the request target and the decoded body, when no whole
+    or prefixed token was seen (its own pieces would say nothing more): one finding per
+    token and place."""
+    if run.ctx.canaries is None or any(f.label == "canary" for f in run.findings):
+        return
+    for where, blob in (("url", (target or "").encode("utf-8", "surrogateescape")), ("body", data)):
+        seen: set[str] = set()
+        for end, tok in parts_in(run.ctx.canaries, blob):
+            if tok not in seen:
+                seen.add(tok)
+                run.finding("canary", "canary", where, f"part of known canary {mask_token(tok)} ({PART}+ of its hex digits, without the prefix)", "LIKELY", max(0, end - PART))
 
 
 def _uninspectable(run: _Run, reason: str) -> str:

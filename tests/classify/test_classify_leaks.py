@@ -614,3 +614,33 @@ def test_rows_in_base85() -> None:
     noise = base64.b85encode(os.urandom(60)).decode()
     info = classify(_status(error_msg=f"job {noise}"), method="PATCH", path=f"/projects/models?uid={UID}&type=train", host=HOST, content_type="application/json")
     assert info.labels == ["metadata"], info.findings
+
+
+@pytest.mark.parametrize(
+    ("piece", "where"),
+    [
+        (lambda t: f"ref {t[:17]}", "body.error_msg"),
+        (lambda t: f"ref {t[17:]}", "body"),
+        (lambda t: f"ref {t[20:].upper()}", "body"),
+        (lambda t: f"ids {t[10:22]}-{t[22:]}", "body"),
+    ],
+    ids=["first-half", "second-half", "tail-upper", "hex-split"],
+)
+def test_pieces_of_a_known_canary_split_across_requests(tmp_path: Path, piece, where: str) -> None:  # type: ignore[no-untyped-def]
+    made = make_canaries(3, "csv", tmp_path / "c.csv", None)
+    token = made.tokens.read_text().splitlines()[2]
+    ctx = load_context(canaries=made.tokens)
+    info = classify(_status(error_msg=piece(token)), method="PATCH", path=f"/projects/models?uid={UID}&type=train", host=HOST, context=ctx)
+    [f] = [f for f in info.findings if f.label == "canary"]
+    assert f.field_path == where and "known canary" in f.excerpt, f
+    assert token[18:] not in info.model_dump_json()
+
+
+def test_a_canary_piece_in_the_url_and_unrelated_hex_stay_apart(tmp_path: Path) -> None:
+    made = make_canaries(3, "csv", tmp_path / "c.csv", None)
+    token = made.tokens.read_text().splitlines()[1]
+    ctx = load_context(canaries=made.tokens)
+    info = classify(b"", method="GET", path=f"/users/me/billing?ref={token[14:]}", host=HOST, context=ctx)
+    assert [f.field_path for f in info.findings if f.label == "canary"] == ["url"]
+    info = classify(_status(error_msg="trace 0123456789abcdef0123456789abcdef"), method="PATCH", path=f"/projects/models?uid={UID}&type=train", host=HOST, context=ctx)
+    assert info.labels == ["metadata"], info.findings
