@@ -2213,6 +2213,7 @@ def _limitations(coverage: CoverageReport, contract: Contract) -> list[str]:
         "Connections whose TLS the proxy could not open (pinned certificates, passthrough hosts, clients that reject the proxy CA) are judged by destination only and counted as unverified, never as clean.",
         "Bodies over the inspection cap are hashed and scanned incrementally; a body that could not be decoded within the limits is counted as not inspected.",
         "Data encrypted by the application before it is sent (inside a JSON field, for example) is recognised by entropy and shape, not by meaning.",
+        "Each request is judged on its own: data cut so thin that every request carries one value of a row, or a slice of random bytes under 1 KiB, is not recognised from any one of them (pieces of known canary tokens are).",
         "The probe sees only the nodes it runs on; traffic from a node without a probe is invisible to it.",
         "The probe does not verify TCP checksums (capture offload leaves them wrong), so a decoy segment with a bad checksum or too short a TTL, sent ahead of the real one at the same sequence number, can show it a server name the server never reads.",
         "Events are judged with the rule pack at report time; the pack digest above identifies exactly which rules were applied.",
