@@ -46,7 +46,7 @@ from auditor.proxy.bodies import (
     inspect_whole,
 )
 from auditor.proxy.gate import FORWARDED, GATED, Gate, gate_layers
-from auditor.proxy.h1 import TRAILERS_REFUSED
+from auditor.proxy.h1 import TRAILERS_REFUSED, guard_responses
 from auditor.proxy.pool import POOL_MIN_BYTES, ClassifyPool, ContextFiles, default_workers
 from auditor.proxy.events import destination_of, http_info, reroute, rerouted_to, source_of, upstream_of, when
 from auditor.rules import registry
@@ -112,6 +112,7 @@ class AuditorAddon:
     # --- options and lifecycle -------------------------------------------------
 
     def load(self, loader: Any) -> None:
+        guard_responses()
         loader.add_option("auditor_store", str, "", "Evidence store: SQLite file path or postgresql:// URL (required).")
         loader.add_option("auditor_mode", str, "audit", "audit: record only; enforce: refuse violations.", choices=MODES)
         loader.add_option("auditor_pack", str, "", "Rule pack file (default: the shipped Gretel Hybrid pack).")

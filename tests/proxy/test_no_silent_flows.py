@@ -146,3 +146,20 @@ def test_keep_alive_connection_serves_and_records_every_request_around_a_refusal
     assert all(e.decision is not None and e.decision.action == "allowed" for e in found)
     [refusal] = _events(proxy.store, lambda e: e.http is not None and e.http.path == "/v1/logs/keepalive-refused")
     assert refusal.decision is not None and refusal.decision.action == "violation"
+
+
+@pytest.mark.parametrize("proxy", ["audit", "enforce"], indirect=True)
+def test_a_response_with_trailers_leaves_its_request_recorded(proxy: RunningProxy, upstream: Upstream) -> None:
+    """An upstream that ends its answer with trailer fields crashed mitmproxy's reader,
+    and the request it had received was never recorded: a destination could hide them.
+    Now the answer is cut where the trailers begin and the request is recorded."""
+    mode = "enforce" if "enforce" in str(proxy.store) else "audit"
+    tag = f"chunked-trailers-{mode}"
+    path = f"/projects/models?uid={tag}&type=train"
+    with _tunnel(proxy) as tls:
+        tls.sendall(f"PATCH {path} HTTP/1.1\r\nHost: {API}\r\ncontent-type: application/json\r\ncontent-length: 40\r\n\r\n".encode() + json.dumps({"uid": tag[:21], "status": "active"}).encode().ljust(40))
+        reply = _read_to_close(tls)
+    assert not reply.endswith(b"0\r\n\r\n"), reply[-200:]  # cut: the answer had started streaming back
+    assert path in upstream.paths()
+    [event] = _events(proxy.store, lambda e: e.http is not None and e.http.query is not None and tag in e.http.query)
+    assert any("response trailers are not supported" in n for n in event.notes), event.notes
