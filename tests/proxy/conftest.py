@@ -9,7 +9,8 @@ import json
 import socket
 import ssl
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -17,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from auditor.model import EgressEvent
 from auditor.proxy.runner import ProxyConfig, serve
 from auditor.sim.ca import IssuedCert, ThrowawayCA
 
@@ -294,7 +296,7 @@ def ws_upstream(ip: str, port: int, cert: IssuedCert) -> Iterator[list[str | byt
         thread.join(5)
 
 
-def events_of(store_url: str) -> list:
+def events_of(store_url: str) -> list[EgressEvent]:
     from auditor.store.base import open_store
 
     st = open_store(store_url, create=False)
@@ -302,6 +304,17 @@ def events_of(store_url: str) -> list:
         return list(st.events())
     finally:
         st.close()
+
+
+def wait_for_events(store_url: str, pred: Callable[[EgressEvent], bool], count: int = 1, timeout: float = 10.0) -> list[EgressEvent]:
+    """The events `pred` picks, once there are `count` of them or `timeout` has passed: the
+    proxy's writer flushes every 0.2 s, so a test polls for what it made."""
+    deadline = time.monotonic() + timeout
+    while True:
+        found = [e for e in events_of(store_url) if pred(e)]
+        if len(found) >= count or time.monotonic() > deadline:
+            return found
+        time.sleep(0.05)
 
 
 OVERLAY = """\

@@ -37,6 +37,7 @@ from .conftest import (
     proxy_config,
     running_proxy,
     tcp_echo,
+    wait_for_events,
     ws_upstream,
 )
 
@@ -69,22 +70,11 @@ def _client(proxy: RunningProxy, **kw: object) -> httpx.Client:
 
 
 def _wait_for(store: str, predicate, timeout: float = 10.0) -> list[EgressEvent]:  # type: ignore[no-untyped-def]
-    """The writer flushes every 0.2 s; poll until the events a test made are in the store."""
-    deadline = time.monotonic() + timeout
-    while True:
-        found = [e for e in events_of(store) if predicate(e)]
-        if found or time.monotonic() > deadline:
-            return found
-        time.sleep(0.05)
+    return wait_for_events(store, predicate, 1, timeout)
 
 
 def _by_path(store: str, path: str, count: int = 1) -> list[EgressEvent]:
-    deadline = time.monotonic() + 10
-    while True:
-        found = [e for e in events_of(store) if e.http is not None and e.http.path == path]
-        if len(found) >= count or time.monotonic() > deadline:
-            return found
-        time.sleep(0.05)
+    return wait_for_events(store, lambda e: e.http is not None and e.http.path == path, count)
 
 
 def test_httpx_http11_metadata_is_recorded_allowed_and_redacted(proxy: RunningProxy, upstream: Upstream) -> None:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import base64
 import ssl
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import quote
@@ -17,7 +16,7 @@ import pytest
 from auditor.model import EgressEvent
 from auditor.sim.ca import ThrowawayCA
 
-from .conftest import API, RunningProxy, Upstream, events_of, proxy_config, running_proxy
+from .conftest import API, RunningProxy, Upstream, proxy_config, running_proxy, wait_for_events
 
 ROWS = "alice,alice@example.com,123-45-6789\nbob,bob@example.com,987-65-4321\ncarol,carol@example.com,555-12-3456\n"
 AGENT = {"Authorization": "grtu8f3a2b9c4d5e6f708192a3b4c5d6e7f8091a2b3c4d5e6f70", "X-Gretel-Clusterid": "cl_2TQzSKdvhF9PNPqDxHXC7Zw8MFb"}
@@ -31,13 +30,9 @@ def proxy(tmp_path_factory: pytest.TempPathFactory, test_ca: ThrowawayCA, proxy_
 
 
 def _event(store: str, marker: str) -> EgressEvent:
-    deadline = time.monotonic() + 10
-    while True:
-        found = [e for e in events_of(store) if e.http is not None and marker in (e.http.path + (e.http.query or ""))]
-        if found or time.monotonic() > deadline:
-            assert len(found) == 1, found
-            return found[0]
-        time.sleep(0.05)
+    found = wait_for_events(store, lambda e: e.http is not None and marker in (e.http.path + (e.http.query or "")))
+    assert len(found) == 1, found
+    return found[0]
 
 
 @pytest.mark.parametrize(

@@ -7,17 +7,16 @@ from __future__ import annotations
 import json
 import subprocess
 import ssl
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
-from auditor.model import REFUSED_NOTE, EgressEvent
+from auditor.model import REFUSED_NOTE
 from auditor.sim.ca import ThrowawayCA
 
-from .conftest import API, FOREIGN, RunningProxy, Upstream, events_of, proxy_config, running_proxy
+from .conftest import API, FOREIGN, RunningProxy, Upstream, proxy_config, running_proxy, wait_for_events
 
 CAP = 64 * 1024
 ENFORCE_CAP = 256 * 1024
@@ -40,21 +39,12 @@ def _client(proxy: RunningProxy, **kw: object) -> httpx.Client:
     return httpx.Client(proxy=proxy.url, verify=ssl.create_default_context(cafile=str(proxy.ca_pem)), trust_env=False, timeout=10, **kw)  # type: ignore[arg-type]
 
 
-def _events(store: str, pred, count: int = 1) -> list[EgressEvent]:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + 10
-    while True:
-        found = [e for e in events_of(store) if pred(e)]
-        if len(found) >= count or time.monotonic() > deadline:
-            return found
-        time.sleep(0.05)
-
-
 def test_allowed_metadata_passes(proxy: RunningProxy, upstream: Upstream) -> None:
     with _client(proxy) as c:
         r = c.patch(f"https://{API}/projects/models?uid=enf-ok&type=train", content=json.dumps({"uid": "enf-ok", "status": "pending"}), headers={"content-type": "application/json"})
     assert r.status_code == 200
     assert "/projects/models?uid=enf-ok&type=train" in upstream.paths()
-    [event] = _events(proxy.store, lambda e: e.http is not None and e.http.query is not None and "enf-ok" in e.http.query)
+    [event] = wait_for_events(proxy.store, lambda e: e.http is not None and e.http.query is not None and "enf-ok" in e.http.query)
     assert event.decision is not None and event.decision.action == "allowed"
 
 
@@ -65,7 +55,7 @@ def test_payload_violation_gets_403_naming_the_rule_and_never_reaches_upstream(p
     body = r.json()
     assert body["rule"] and body["error"] == "blocked by Boundary Auditor"
     assert not any("leak-marker" in p for p in upstream.paths())
-    [event] = _events(proxy.store, lambda e: e.http is not None and e.http.path == "/v1/logs/leak-marker")
+    [event] = wait_for_events(proxy.store, lambda e: e.http is not None and e.http.path == "/v1/logs/leak-marker")
     assert event.http is not None and event.http.status == 403
     assert event.decision is not None and event.decision.action == "violation" and event.decision.rule_id == body["rule"]
     assert body["event"] == event.id
@@ -79,7 +69,7 @@ def test_destination_violation_refused_before_connecting(proxy: RunningProxy, up
             c.get(f"https://{FOREIGN}/exfil-marker")
     assert "403" in str(info.value)
     assert len(upstream.paths()) == before and not any("exfil-marker" in p for p in upstream.paths())
-    [event] = _events(proxy.store, lambda e: e.destination.host == FOREIGN)
+    [event] = wait_for_events(proxy.store, lambda e: e.destination.host == FOREIGN)
     assert event.http is not None and event.http.method == "CONNECT" and event.http.status == 403
     assert event.destination.ip is None  # no upstream connection was ever made
     assert event.decision is not None and event.decision.action == "violation"
@@ -90,7 +80,7 @@ def test_fronting_refused_before_the_request_reaches_upstream(proxy: RunningProx
         r = c.get(f"https://{API}/fronting-marker", headers={"Host": FOREIGN})
     assert r.status_code == 403
     assert not any("fronting-marker" in p for p in upstream.paths())
-    [event] = _events(proxy.store, lambda e: e.http is not None and e.http.path == "/fronting-marker")
+    [event] = wait_for_events(proxy.store, lambda e: e.http is not None and e.http.path == "/fronting-marker")
     assert "sni-host-mismatch" in event.observations and event.decision is not None and event.decision.action == "violation"
 
 
@@ -101,7 +91,7 @@ def test_http2_client(proxy: RunningProxy) -> None:
         capture_output=True, text=True, timeout=20, env={"PATH": "/usr/bin:/bin"},
     )
     assert out.returncode == 0 and out.stdout == "2", (out.stdout, out.stderr)
-    [event] = _events(proxy.store, lambda e: e.http is not None and e.http.query == "h2=1")
+    [event] = wait_for_events(proxy.store, lambda e: e.http is not None and e.http.query == "h2=1")
     assert event.destination.app_protocol == "h2" and event.http is not None and event.http.alpn == "h2"
     assert event.destination.http_host == API
 
@@ -117,7 +107,7 @@ def test_violation_past_the_inspect_cap_is_held_and_never_reaches_upstream(proxy
         r = c.post(f"https://{API}/v1/logs/held-leak-marker", content=body, headers={"content-type": "text/csv"})
     assert r.status_code == 403 and r.json()["error"] == "blocked by Boundary Auditor"
     assert not any("held-leak-marker" in p for p in upstream.started)  # not even the request line went upstream
-    [event] = _events(proxy.store, lambda e: e.http is not None and e.http.path == "/v1/logs/held-leak-marker")
+    [event] = wait_for_events(proxy.store, lambda e: e.http is not None and e.http.path == "/v1/logs/held-leak-marker")
     assert event.decision is not None and event.decision.action == "violation" and event.decision.rule_id == r.json()["rule"]
     assert event.payload is not None and event.payload.size == len(body)
 
@@ -130,7 +120,7 @@ def test_violation_judged_in_a_worker_process_never_reaches_upstream(proxy: Runn
         ok = c.patch(f"https://{API}/projects/models?uid=after-pooled&type=train", content=json.dumps({"uid": "after-pooled", "status": "active"}), headers={"content-type": "application/json"})
     assert r.status_code == 403 and ok.status_code == 200
     assert not any("pooled-leak-marker" in p for p in upstream.started)
-    [event] = _events(proxy.store, lambda e: e.http is not None and e.http.path == "/v1/logs/pooled-leak-marker")
+    [event] = wait_for_events(proxy.store, lambda e: e.http is not None and e.http.path == "/v1/logs/pooled-leak-marker")
     assert event.decision is not None and event.decision.action == "violation" and event.decision.rule_id == r.json()["rule"]
     assert event.payload is not None and event.payload.inspected and "training-data" in event.payload.labels
 
@@ -140,7 +130,7 @@ def test_clean_body_past_the_inspect_cap_is_forwarded_whole(proxy: RunningProxy,
     assert CAP < len(body) <= ENFORCE_CAP
     with _client(proxy) as c:
         r = c.patch(f"https://{API}/projects/models?uid=held-ok-marker", content=body, headers={"content-type": "application/json"})
-    [event] = _events(proxy.store, lambda e: e.http is not None and e.http.query is not None and "held-ok-marker" in e.http.query)
+    [event] = wait_for_events(proxy.store, lambda e: e.http is not None and e.http.query is not None and "held-ok-marker" in e.http.query)
     assert event.decision is not None and event.decision.action != "violation", event.decision
     assert r.status_code == 200 and r.json()["received"] == len(body)
     [seen] = [s for s in upstream.seen if "held-ok-marker" in s.path]
@@ -162,7 +152,7 @@ def test_body_over_the_enforce_cap_is_refused_before_connecting(proxy: RunningPr
     with _client(proxy) as c:
         r = c.post(f"https://{API}/projects/models?uid=over-cap-marker", content=body, headers={"content-type": "application/json"})
     answer = _refused_over_cap(r, upstream, "over-cap-marker")
-    [event] = _events(proxy.store, lambda e: e.http is not None and e.http.query is not None and "over-cap-marker" in e.http.query)
+    [event] = wait_for_events(proxy.store, lambda e: e.http is not None and e.http.query is not None and "over-cap-marker" in e.http.query)
     assert event.id == answer["event"] and event.http is not None and event.http.status == 413
     assert event.destination.ip is None  # no upstream connection was made for it
     assert event.payload is not None and not event.payload.inspected and event.payload.size == len(body)
@@ -183,7 +173,7 @@ def test_chunked_body_crossing_the_enforce_cap_is_refused_unsent(proxy: RunningP
         r = c.post(f"https://{API}/projects/models?uid=chunked-cap-marker", content=chunks(), headers={"content-type": "application/octet-stream"})
     _refused_over_cap(r, upstream, "chunked-cap-marker")
     assert sum(sent) > ENFORCE_CAP
-    [event] = _events(proxy.store, lambda e: e.http is not None and e.http.query is not None and "chunked-cap-marker" in e.http.query)
+    [event] = wait_for_events(proxy.store, lambda e: e.http is not None and e.http.query is not None and "chunked-cap-marker" in e.http.query)
     assert event.payload is not None and not event.payload.inspected and ENFORCE_CAP < event.payload.size <= sum(sent)
     assert event.destination.ip is None
     assert event.decision is not None and event.decision.action != "allowed"

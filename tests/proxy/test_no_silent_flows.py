@@ -22,7 +22,7 @@ import pytest
 from auditor.model import REFUSED_NOTE, EgressEvent
 from auditor.sim.ca import ThrowawayCA
 
-from .conftest import API, RunningProxy, Upstream, events_of, proxy_config, running_proxy
+from .conftest import API, RunningProxy, Upstream, proxy_config, running_proxy, wait_for_events
 
 CAP = 64 * 1024
 JSON = {"content-type": "application/json"}
@@ -37,15 +37,6 @@ def proxy(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
     config = proxy_config(tmp_path_factory.mktemp(f"silent-{mode}"), proxy_confdir, test_ca, overlays=[overlay_file], mode=mode, inspect_cap=CAP)
     with running_proxy(config) as p:
         yield p
-
-
-def _events(store: str, pred: Callable[[EgressEvent], bool], count: int = 1) -> list[EgressEvent]:
-    deadline = time.monotonic() + 10
-    while True:
-        found = [e for e in events_of(store) if pred(e)]
-        if len(found) >= count or time.monotonic() > deadline:
-            return found
-        time.sleep(0.05)
 
 
 def _until(cond: Callable[[], bool]) -> bool:
@@ -94,7 +85,7 @@ def _chunked_with_trailer(path: str, body: bytes) -> tuple[bytes, bytes]:
 
 
 def _trailer_event(proxy: RunningProxy, tag: str) -> EgressEvent:
-    [event] = _events(proxy.store, lambda e: e.http is not None and e.http.query is not None and tag in e.http.query)
+    [event] = wait_for_events(proxy.store, lambda e: e.http is not None and e.http.query is not None and tag in e.http.query)
     assert any("trailer fields" in n for n in event.notes), event.notes
     assert event.payload is not None and not event.payload.inspected and event.payload.not_inspected_reason, event.payload
     assert event.decision is not None and event.decision.action != "allowed", event.decision
@@ -141,10 +132,10 @@ def test_keep_alive_connection_serves_and_records_every_request_around_a_refusal
             r = c.patch(f"https://{API}/projects/models?uid={tag}&type=train", content=json.dumps({"uid": tag, "status": "pending"}), headers=JSON)
             assert r.status_code == 200, tag
     assert all(f"/projects/models?uid={tag}&type=train" in upstream.paths() for tag in tags)
-    found = _events(proxy.store, lambda e: e.http is not None and e.http.query is not None and "keepalive-" in e.http.query, count=len(tags))
+    found = wait_for_events(proxy.store, lambda e: e.http is not None and e.http.query is not None and "keepalive-" in e.http.query, count=len(tags))
     assert sorted(e.http.query for e in found if e.http and e.http.query) == sorted(f"uid={tag}&type=train" for tag in tags)
     assert all(e.decision is not None and e.decision.action == "allowed" for e in found)
-    [refusal] = _events(proxy.store, lambda e: e.http is not None and e.http.path == "/v1/logs/keepalive-refused")
+    [refusal] = wait_for_events(proxy.store, lambda e: e.http is not None and e.http.path == "/v1/logs/keepalive-refused")
     assert refusal.decision is not None and refusal.decision.action == "violation"
 
 
@@ -161,5 +152,5 @@ def test_a_response_with_trailers_leaves_its_request_recorded(proxy: RunningProx
         reply = _read_to_close(tls)
     assert not reply.endswith(b"0\r\n\r\n"), reply[-200:]  # cut: the answer had started streaming back
     assert path in upstream.paths()
-    [event] = _events(proxy.store, lambda e: e.http is not None and e.http.query is not None and tag in e.http.query)
+    [event] = wait_for_events(proxy.store, lambda e: e.http is not None and e.http.query is not None and tag in e.http.query)
     assert any("response trailers are not supported" in n for n in event.notes), event.notes
