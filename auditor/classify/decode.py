@@ -18,7 +18,7 @@ import time
 import unicodedata
 import zipfile
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from urllib.parse import parse_qsl
 
@@ -544,6 +544,8 @@ def _base85_runs(text: str) -> Iterator[Run]:
             continue
         if _meaningful(data):
             yield Run(text.find(chunk.decode("ascii")), "base85", data)
+
+
 _HEX_ONLY = re.compile(r"[0-9a-fA-F]+")
 
 
@@ -615,21 +617,18 @@ def _suspicious_run(r: bytes) -> bool:
 def maybe_encoded(text: str, min_len: int, raw: bytes | None = None) -> bool:
     """False only when `encoded_runs` would certainly yield nothing: no run of the
     base64 alphabet that is long enough, carries a digit or mixes case, and is not a
-    short hex id (ObjectIds, UUIDs, hashes); no wrapped lines; no base85 stretch. One C-level translate and one substring
-    search per long run, so short words cost nothing (the alphabet is ASCII, so the UTF-8
-    bytes split exactly where the text does); past 64 KiB one Hyperscan pass finds the
-    runs (a third of the translate's time) unless they are long. `raw`: `utf8(text)`,
-    when the caller made it."""
+    short hex id (ObjectIds, UUIDs, hashes); no wrapped lines; no base85 stretch. One
+    C-level translate and one substring search per long run, so short words cost nothing
+    (the alphabet is ASCII, so the UTF-8 bytes split exactly where the text does); past
+    64 KiB one Hyperscan pass finds the runs (a third of the translate's time) unless
+    they are long. `raw`: `utf8(text)`, when the caller made it."""
     if len(text) < min_len:
         return False
     raw = utf8(text) if raw is None else raw
-    if len(raw) >= _BIG_TEXT:
-        runs = _long_runs(raw, min_len)
-        if runs is not None:
-            return any(_suspicious_run(raw[s:e]) for s, e in runs) or _maybe_wrapped(raw) or _maybe_b85(raw)
-    if any(_suspicious_run(raw[s:e]) for s, e in _stretches(raw.translate(_RUN_MASK), min_len)):
-        return True
-    return _maybe_wrapped(raw) or _maybe_b85(raw)
+    runs: Iterable[tuple[int, int]] | None = _long_runs(raw, min_len) if len(raw) >= _BIG_TEXT else None
+    if runs is None:
+        runs = _stretches(raw.translate(_RUN_MASK), min_len)
+    return any(_suspicious_run(raw[s:e]) for s, e in runs) or _maybe_wrapped(raw) or _maybe_b85(raw)
 
 
 def _maybe_b85(raw: bytes) -> bool:

@@ -482,17 +482,17 @@ class _Run:
         hits = bool(gate.hits)
         if value.__class__ is dict or isinstance(value, dict):
             specs = rt.specs(model) if model is not None else None
-            for k, v in value.items():
+            for i, (k, v) in enumerate(value.items()):
                 vc = v.__class__
                 key = k if k.__class__ is str else str(k)
                 if hits and vc is not str:
-                    self.keyworded(key, f"{path}.{key}", gate, whole=False)
+                    self.keyworded(key, _field_path(path, key, i), gate, whole=False)
                 if key in _RUNNER_KEYS:
                     self.runner_mode(v, f"{path}.{key}")
                 if specs is not None:
                     spec = specs.get(key)
                     if spec is None:
-                        sub = f"{path}.{key}"
+                        sub = _field_path(path, key, i)
                         self.extra(key, v, sub, model)
                         if vc is str:
                             budget.nodes += 1
@@ -520,7 +520,7 @@ class _Run:
                         if budget.nodes > max_nodes:
                             budget.node(0)
                     elif vc not in _SCALARS and isinstance(v, (dict, list)):
-                        child(v, f"{path}.{key}", None, free or key in rt.FREE_TEXT_FIELDS, opaque, config, gate, level + 1)
+                        child(v, _field_path(path, key, i), None, free or key in rt.FREE_TEXT_FIELDS, opaque, config, gate, level + 1)
             return
         if (free or model is None) and not config and not opaque:
             self.data_array(value, path, self.quiet_depth)
@@ -607,10 +607,8 @@ class _Run:
             for i, k in enumerate(value):
                 v = value[k]
                 key = str(k)
-                if _PLAIN_NAME.fullmatch(key):
-                    sub = f"{path}.{key}"
-                else:  # a key that is no name can carry a record: judged, and never put in a path
-                    sub = f"{path}<key {i}>"
+                sub = _field_path(path, key, i)
+                if sub[-1] == ">":  # a key that is no name can carry a record: judged as a value
                     self.leaf(key, sub, depth, gate, free=True, opaque=opaque)
                 if gate.hits and v.__class__ is not str and gate.may_hit(key):
                     self.keyworded(key, sub, gate, whole=False)
@@ -711,7 +709,7 @@ class _Run:
                 continue
             for i, (k, v) in enumerate(node.items()):
                 key = str(k)
-                sub = f"{at}.{key}" if _PLAIN_NAME.fullmatch(key) else f"{at}<key {i}>"
+                sub = _field_path(at, key, i)
                 if _SECRET_NAME.search(key) and v not in (None, "", {}, []) and not (isinstance(v, str) and det.placeholder(v)):
                     self.finding("schema", "plaintext-credentials", sub, "connection config names a secret in the clear")
                 elif isinstance(v, (dict, list)):
@@ -949,7 +947,7 @@ def _make_plan(model: type[rt.Body] | None, keys: tuple[Any, ...], classes: tupl
     """What the quiet walk of a dict with these keys and value types does, when that is
     only adding kinds, counting strings and entering containers. None when it does more
     (an extra field, runner_mode, a config or data_source field, a key that is not a
-    string): then the full loop runs. Logs and status bodies repeat a few shapes, so the
+    string or not a name): then the full loop runs. Logs and status bodies repeat a few shapes, so the
     loop over their fields runs once a shape. For a model's fields it also says whether
     every value's class surely validates, and which values must be one of a Literal's."""
     specs = rt.specs(model) if model is not None else None
@@ -959,8 +957,8 @@ def _make_plan(model: type[rt.Body] | None, keys: tuple[Any, ...], classes: tupl
     strings = 0
     sure = True
     for i, (key, vc) in enumerate(zip(keys, classes)):
-        if key.__class__ is not str or key in _RUNNER_KEYS:
-            return None
+        if key.__class__ is not str or key in _RUNNER_KEYS or not _PLAIN_NAME.fullmatch(key):
+            return None  # a key that is no name: the full loop names it by position
         container = vc not in _SCALARS and vc is not str and issubclass(vc, (dict, list))
         if specs is not None:
             spec = specs.get(key)
@@ -1026,6 +1024,11 @@ _SECRET_NAME = re.compile(
     r"secret[_\-]?(?:access[_\-]?)?key|client[_\-]?secret|sas|connection[_\-]?string)$"
 )  # a connection config key naming a secret (`password`, `db_pass`, `aws_secret_access_key`)
 _PLAIN_NAME = re.compile(r"[A-Za-z0-9_.\-]{1,64}")  # a name that can stand in a field path
+
+
+def _field_path(at: str, key: str, i: int) -> str:
+    """`at.key`, or `at<key i>` for a key that is no name: it may be data, never printed."""
+    return f"{at}.{key}" if _PLAIN_NAME.fullmatch(key) else f"{at}<key {i}>"
 _INVISIBLE = re.compile("[\u00ad\u034f\u061c\u115f\u1160\u17b4\u17b5\u180e\u200b-\u200f\u202a-\u202e\u2060-\u206f\u3164\ufe00-\ufe0f\ufeff\uffa0]")
 
 

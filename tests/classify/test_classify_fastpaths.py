@@ -60,6 +60,9 @@ STRUCTURED = [
     ("PATCH", "/projects/models", {"uid": 5, "status": None}),
     ("POST", "/v1/connections", {"name": "c", "type": "s3", "credentials": {"k": "v"}}),
     ("POST", "/projects/models/logs", [{"ts": "t", "msg": "one"}, {"ts": "t", "msg": "two"}]),
+    # field names that are no names (spaces, a slash): reported by position both ways
+    ("PATCH", "/projects/models?uid=abc&type=train", {"uid": "abc", "status": "active", "my rows": [{"a": 1, "b": 2}, {"a": 3, "b": 4}, {"a": 5, "b": 6}]}),
+    ("POST", "/projects/models/logs", {"logs": [{"ts": "t", "msg": "m", "ctx": {"a/b": {"grid": [[1, 2], [3, 4], [5, 6]]}}}]}),
 ]
 
 
